@@ -1,0 +1,53 @@
+# The doors in: `make demo`, `make test`, `make lint`. Each creates .venv and installs on first use.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint format install check-java check-python clean
+
+demo: check-java $(STAMP)
+	$(BIN)/lakehouse demo
+
+test: check-java $(STAMP)
+	$(BIN)/pytest
+
+test-fast: check-java $(STAMP)
+	$(BIN)/pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipelines tests
+	$(BIN)/ruff format --check pipelines tests
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format pipelines tests
+	$(BIN)/ruff check --fix pipelines tests
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml | check-python
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+check-python:
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v[:2] == (3, 11) else f"Python 3.11 is required (found {v.major}.{v.minor} at {sys.executable}); install it or run: make PYTHON=/path/to/python3.11 ...")'
+
+# Spark 4 needs Java 17 or newer; stop early with a clear message instead of a JVM stack trace.
+check-java:
+	@JAVA="$${JAVA_HOME:+$$JAVA_HOME/bin/}java"; \
+	if ! command -v "$$JAVA" >/dev/null 2>&1; then \
+	  echo "error: Java 17+ is required by Spark but 'java' was not found."; \
+	  echo "  install it (Debian/Ubuntu: sudo apt-get install openjdk-17-jre-headless; macOS: brew install openjdk@17)"; \
+	  echo "  or set JAVA_HOME to a JDK 17+ installation."; exit 1; fi; \
+	version=$$("$$JAVA" -version 2>&1 | sed -n 's/.*version "\([0-9][0-9.]*\).*/\1/p' | head -n1); \
+	major=$${version%%.*}; [ "$$major" = "1" ] && major=$$(echo "$$version" | cut -d. -f2); \
+	if [ -z "$$major" ] || [ "$$major" -lt 17 ]; then \
+	  echo "error: Java 17+ is required by Spark, but $$JAVA is version '$$version'."; \
+	  echo "  install JDK 17 or newer and put it first on PATH (or set JAVA_HOME)."; exit 1; fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache lakehouse-data .pytest-lakehouse

@@ -1,0 +1,1 @@
+"""Bronze: raw Kafka records landed in Delta, append-only."""

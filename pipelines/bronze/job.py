@@ -1,0 +1,73 @@
+"""The bronze job: every event topic in Kafka -> ``bronze.events_raw``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyspark.sql import SparkSession
+from pyspark.sql.streaming import StreamingQuery
+
+from pipelines.bronze.events_raw import bronze_events_raw
+from pipelines.config import Settings, TriggerSettings
+from pipelines.lake.catalog import Catalog
+from pipelines.lake.tables import BRONZE_EVENTS_RAW
+from pipelines.streaming.delta_sink import BatchWriteStats, delta_rs_append
+from pipelines.streaming.kafka import check_reachable, client_config
+from pipelines.streaming.queries import await_query, start_table_stream
+from pipelines.streaming.sources import kafka_stream
+
+
+@dataclass
+class BronzeRun:
+    """The outcome of one run of the bronze query."""
+
+    stats: BatchWriteStats
+    table_version: int | None
+    query_id: str
+    run_id: str
+
+
+def run_bronze(
+    spark: SparkSession,
+    settings: Settings,
+    bootstrap_servers: str,
+    trigger: TriggerSettings | None = None,
+    on_progress: Callable[[StreamingQuery, BatchWriteStats], None] | None = None,
+    timeout_s: float | None = None,
+) -> BronzeRun:
+    """Run the bronze query: drain and return (available-now) or run until stopped.
+
+    Raises:
+        KafkaUnavailableError: the brokers cannot be reached (checked before Spark starts).
+        StreamingJobError: the query failed.
+    """
+    trigger = trigger or settings.streaming.trigger
+    catalog = Catalog(settings.storage)
+    check_reachable(
+        client_config(settings.kafka, bootstrap_servers), settings.kafka.consumer.metadata_timeout_s
+    )
+    catalog.ensure(BRONZE_EVENTS_RAW)
+    records = kafka_stream(spark, settings, bootstrap_servers, settings.kafka.topics.event_topics)
+    stats = BatchWriteStats()
+    handler = delta_rs_append(
+        catalog, BRONZE_EVENTS_RAW, catalog.checkpoint(BRONZE_EVENTS_RAW.name), stats
+    )
+    query = start_table_stream(
+        bronze_events_raw(records),
+        catalog=catalog,
+        table=BRONZE_EVENTS_RAW.name,
+        handler=handler,
+        trigger=trigger,
+    )
+    await_query(
+        query,
+        on_progress=(lambda q: on_progress(q, stats)) if on_progress else None,
+        timeout_s=timeout_s,
+    )
+    return BronzeRun(
+        stats=stats,
+        table_version=catalog.delta_table(BRONZE_EVENTS_RAW.name).version(),
+        query_id=str(query.id),
+        run_id=str(query.runId),
+    )

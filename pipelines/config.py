@@ -1,0 +1,300 @@
+"""Typed settings: ``conf/base.yaml`` overlaid by ``conf/<env>.yaml``, with ``${ENV_VAR}`` interpolation.
+
+Loaded once per process by the CLI (or a notebook) and passed down explicitly. Unknown keys are
+rejected, and a ``${VAR}`` with no default whose variable is unset is an error that names the
+config key it was meant to fill, so a missing secret fails at start-up rather than mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_VAR = "LAKEHOUSE_ENV"
+CONF_DIR_VAR = "LAKEHOUSE_CONF_DIR"
+DEFAULT_ENV = "local"
+EVENT_TYPES = ("page_view", "click", "search", "add_to_cart", "purchase")
+
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the key and the fix."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageSettings(_Model):
+    """Where tables, checkpoints and other artifacts live."""
+
+    root: str = "./lakehouse-data"
+    checkpoint_root: str | None = Field(
+        default=None, description="Defaults to <root>/_checkpoints when unset."
+    )
+
+    @property
+    def tables_root(self) -> str:
+        return _join(self.root, "tables")
+
+    @property
+    def checkpoints(self) -> str:
+        return self.checkpoint_root or _join(self.root, "_checkpoints")
+
+    def resolved(self) -> StorageSettings:
+        """Local roots made absolute, so Spark workers and delta-rs agree on one path."""
+        root = self.root if "://" in self.root else str(Path(self.root).expanduser().resolve())
+        ckpt = self.checkpoint_root
+        if ckpt is not None and "://" not in ckpt:
+            ckpt = str(Path(ckpt).expanduser().resolve())
+        return StorageSettings(root=root, checkpoint_root=ckpt)
+
+
+class KafkaTopics(_Model):
+    """One topic per event type, plus the dead-letter topic for rejects at the edge."""
+
+    page_view: str = "page_views"
+    click: str = "user_clicks"
+    search: str = "search_queries"
+    add_to_cart: str = "add_to_carts"
+    purchase: str = "purchase_events"
+    dlq: str = "events_dlq"
+
+    def for_event_type(self, event_type: str) -> str:
+        if event_type not in EVENT_TYPES:
+            raise ConfigError(
+                f"no Kafka topic for event type {event_type!r} (known: {', '.join(EVENT_TYPES)})"
+            )
+        return str(getattr(self, event_type))
+
+    @property
+    def event_topics(self) -> list[str]:
+        return [self.for_event_type(t) for t in EVENT_TYPES]
+
+
+class KafkaProducerSettings(_Model):
+    compression: Literal["lz4", "zstd", "snappy", "gzip", "none"] = "lz4"
+    linger_ms: int = Field(default=20, ge=0)
+    batch_num_messages: int = Field(default=10_000, ge=1)
+    acks: Literal["all", "1", "0"] = "all"
+    enable_idempotence: bool = True
+    delivery_timeout_ms: int = Field(default=30_000, ge=1_000)
+
+
+class KafkaConsumerSettings(_Model):
+    starting_offsets: Literal["earliest", "latest"] = "earliest"
+    max_offsets_per_trigger: int | None = Field(default=200_000, ge=1)
+    max_records_per_partition: int = Field(
+        default=100_000, ge=1, description="Splits a large offset range into several Spark tasks."
+    )
+    poll_timeout_s: float = Field(default=30.0, gt=0)
+    metadata_timeout_s: float = Field(default=10.0, gt=0)
+    fail_on_data_loss: bool = True
+
+
+class KafkaSecurity(_Model):
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka security settings; the password is only revealed here."""
+        conf = {"security.protocol": self.protocol}
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username is not None:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        return conf
+
+
+class KafkaSettings(_Model):
+    bootstrap_servers: str = Field(
+        default="embedded",
+        description="host:port[,host:port] of real brokers, or 'embedded' for the broker "
+        "started by `lakehouse kafka serve` (its address is read from the storage root).",
+    )
+    topics: KafkaTopics = KafkaTopics()
+    producer: KafkaProducerSettings = KafkaProducerSettings()
+    consumer: KafkaConsumerSettings = KafkaConsumerSettings()
+    security: KafkaSecurity = KafkaSecurity()
+
+
+class TriggerSettings(_Model):
+    """How a streaming query is triggered: drain what is there and stop, or run continuously."""
+
+    mode: Literal["available-now", "processing-time"] = "available-now"
+    interval: str = "10 seconds"
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_is_duration(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+(\.\d+)?\s*(ms|milliseconds?|s|seconds?|m|minutes?)", value):
+            raise ValueError(
+                f"trigger interval {value!r} is not a duration; use e.g. '5 seconds', '500ms', '1m'"
+            )
+        return value
+
+
+class StreamingSettings(_Model):
+    trigger: TriggerSettings = TriggerSettings()
+
+
+class EngineSettings(_Model):
+    """Which adapter moves data in and out of Spark (see ARCHITECTURE.md, 'Engines')."""
+
+    delta: Literal["delta-rs"] = "delta-rs"
+    kafka: Literal["python"] = "python"
+
+
+class SparkSettings(_Model):
+    master: str = "local[2]"
+    app_name: str = "lakehouse"
+    shuffle_partitions: int = Field(default=4, ge=1)
+    driver_memory: str = "2g"
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "ERROR"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class DemoSettings(_Model):
+    events: int = Field(default=50_000, ge=1)
+    users: int = Field(default=2_000, ge=1)
+    items: int = Field(default=500, ge=1)
+    bad_fraction: float = Field(default=0.02, ge=0, le=1)
+    seed: int = 42
+
+
+class Settings(_Model):
+    """The whole configuration of one environment."""
+
+    env: str
+    storage: StorageSettings = StorageSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    streaming: StreamingSettings = StreamingSettings()
+    engines: EngineSettings = EngineSettings()
+    spark: SparkSettings = SparkSettings()
+    demo: DemoSettings = DemoSettings()
+
+
+def load_settings(
+    env: str | None = None,
+    conf_dir: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load ``base.yaml`` overlaid by ``<env>.yaml`` (then ``overrides``) into validated Settings.
+
+    Args:
+        env: environment name; defaults to ``$LAKEHOUSE_ENV`` and then ``local``.
+        conf_dir: folder with the YAML files; defaults to ``$LAKEHOUSE_CONF_DIR``, then the
+            nearest ``conf/`` above the working directory, then the one beside the package.
+        overrides: a nested mapping merged last (used by tests and the CLI).
+        environ: the environment used for ``${VAR}`` interpolation (defaults to ``os.environ``).
+
+    Raises:
+        ConfigError: unknown environment, unknown keys, bad values or unset variables.
+    """
+    environ = os.environ if environ is None else environ
+    env = env or environ.get(ENV_VAR) or DEFAULT_ENV
+    folder = find_conf_dir(conf_dir, environ)
+    base_file, env_file = folder / "base.yaml", folder / f"{env}.yaml"
+    if not env_file.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml") if p.stem != "base")
+        raise ConfigError(
+            f"unknown environment {env!r}: no {env_file} (known: {', '.join(known)}); "
+            f"pass --env or set {ENV_VAR}"
+        )
+    merged = _read_yaml(base_file) if base_file.is_file() else {}
+    merged = deep_merge(merged, _read_yaml(env_file))
+    if overrides:
+        merged = deep_merge(merged, dict(overrides))
+    merged["env"] = env
+    interpolated = _interpolate(merged, environ, path="")
+    try:
+        return Settings.model_validate(interpolated)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, env_file)) from None
+
+
+def find_conf_dir(conf_dir: str | Path | None, environ: Mapping[str, str]) -> Path:
+    if conf_dir is None and environ.get(CONF_DIR_VAR):
+        conf_dir = environ[CONF_DIR_VAR]
+    if conf_dir is not None:
+        folder = Path(conf_dir)
+        if not folder.is_dir():
+            raise ConfigError(f"config folder {folder} does not exist (set --conf-dir or {CONF_DIR_VAR})")
+        return folder
+    for parent in [Path.cwd(), *Path.cwd().parents]:
+        if (parent / "conf" / "base.yaml").is_file():
+            return parent / "conf"
+    beside_package = Path(__file__).resolve().parent.parent / "conf"
+    if (beside_package / "base.yaml").is_file():
+        return beside_package
+    raise ConfigError(f"no conf/base.yaml found above {Path.cwd()}; set {CONF_DIR_VAR}")
+
+
+def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Overlay wins key by key; nested mappings are merged, everything else replaced."""
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, not {type(data).__name__}")
+    return data
+
+
+def _interpolate(value: Any, environ: Mapping[str, str], path: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, environ, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"config key {path!r} needs environment variable {name}, which is not set; "
+            f"export {name}=… (or give a default with ${{{name}:-value}})"
+        )
+
+    return _INTERPOLATION.sub(replace, value)
+
+
+def _explain(exc: ValidationError, env_file: Path) -> str:
+    lines = [f"invalid configuration (base.yaml + {env_file.name}):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key; remove it or check its spelling")
+        else:
+            lines.append(f"  {key}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])

@@ -1,0 +1,313 @@
+"""The event contract: versioned JSON Schemas per event type, loaded, flattened and validated.
+
+Schemas live in ``schemas/<event_type>/v<N>.json``. An event type's file shares the envelope
+through ``"allOf": [{"$ref": "../envelope/v1.json"}]``; the registry flattens that into one plain
+object schema, which is what both validation and the Spark schema are derived from, so the
+envelope is written once and never retyped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import ValidationError
+
+SCHEMAS_DIR = Path(__file__).parent / "schemas"
+ENVELOPE = "envelope"
+_VERSION_FILE = re.compile(r"^v(\d+)\.json$")
+DEFAULT_MAX_FUTURE_SKEW_MS = 5 * 60 * 1000
+
+
+class ContractError(ValueError):
+    """The contract files themselves are wrong or an unknown type/version was asked for."""
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One reason an event breaks the contract: a stable rule name and a readable detail."""
+
+    rule: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class EventContract:
+    """One version of one event type's contract, flattened."""
+
+    event_type: str
+    version: int
+    schema: dict[str, Any]
+    source: Path
+
+    @cached_property
+    def validator(self) -> Draft202012Validator:
+        return Draft202012Validator(self.schema, format_checker=FormatChecker())
+
+    @property
+    def required(self) -> list[str]:
+        return list(self.schema.get("required", []))
+
+    def field_paths(self) -> list[str]:
+        """Every property path, dotted, in declaration order (``context.page`` …)."""
+        return list(_paths(self.schema, ""))
+
+
+@dataclass
+class ContractRegistry:
+    """All event contracts found in a folder, by type and version."""
+
+    root: Path = SCHEMAS_DIR
+    _contracts: dict[str, dict[int, EventContract]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        if not self.root.is_dir():
+            raise ContractError(f"contract folder {self.root} does not exist")
+        for type_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            if type_dir.name == ENVELOPE:
+                continue
+            for file in sorted(type_dir.iterdir()):
+                match = _VERSION_FILE.match(file.name)
+                if not match:
+                    continue
+                version = int(match.group(1))
+                flat = flatten_schema(file)
+                self._contracts.setdefault(type_dir.name, {})[version] = EventContract(
+                    type_dir.name, version, flat, file
+                )
+        if not self._contracts:
+            raise ContractError(f"no event contracts (<type>/v<N>.json) under {self.root}")
+
+    @property
+    def event_types(self) -> list[str]:
+        return sorted(self._contracts)
+
+    def versions(self, event_type: str) -> list[int]:
+        return sorted(self._by_type(event_type))
+
+    def get(self, event_type: str, version: int | None = None) -> EventContract:
+        """The contract for a type at a version (latest when ``version`` is None)."""
+        by_version = self._by_type(event_type)
+        if version is None:
+            return by_version[max(by_version)]
+        if version not in by_version:
+            raise ContractError(
+                f"event type {event_type!r} has no schema version {version} "
+                f"(known: {', '.join(map(str, sorted(by_version)))})"
+            )
+        return by_version[version]
+
+    def latest(self) -> list[EventContract]:
+        return [self.get(t) for t in self.event_types]
+
+    def all(self) -> Iterator[EventContract]:
+        for event_type in self.event_types:
+            for version in self.versions(event_type):
+                yield self.get(event_type, version)
+
+    def validate(
+        self,
+        event: Any,
+        now_ms: int | None = None,
+        max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS,
+    ) -> list[Violation]:
+        """Every way ``event`` breaks its contract; an empty list means it is valid.
+
+        Beyond the JSON Schema, an event whose timestamp lies more than ``max_future_skew_ms``
+        after ``now_ms`` (default: the wall clock) is rejected as ``timestamp_in_future``.
+        """
+        if not isinstance(event, Mapping):
+            return [Violation("not_an_object", f"an event must be a JSON object, got {_kind(event)}")]
+        event_type = event.get("event_type")
+        if event_type is None:
+            return [Violation("required:event_type", "'event_type' is a required property")]
+        if not isinstance(event_type, str) or event_type not in self._contracts:
+            return [
+                Violation(
+                    "unknown_event_type",
+                    f"event_type {event_type!r} is not one of {', '.join(self.event_types)}",
+                )
+            ]
+        version = event.get("schema_version")
+        violations: list[Violation] = []
+        if isinstance(version, int) and not isinstance(version, bool):
+            if version not in self._contracts[event_type]:
+                return [
+                    Violation(
+                        "unknown_schema_version",
+                        f"{event_type} has no schema version {version} "
+                        f"(known: {', '.join(map(str, self.versions(event_type)))})",
+                    )
+                ]
+            contract = self.get(event_type, version)
+        else:
+            contract = self.get(event_type)  # report every other problem against the latest
+        violations.extend(_violations(contract.validator, event))
+        ts_ms = event_time_ms(event.get("timestamp"))
+        if ts_ms is not None:
+            now_ms = _now_ms() if now_ms is None else now_ms
+            if ts_ms > now_ms + max_future_skew_ms:
+                violations.append(
+                    Violation(
+                        "timestamp_in_future",
+                        f"timestamp is {(ts_ms - now_ms) / 1000:.0f}s ahead of now "
+                        f"(allowed: {max_future_skew_ms / 1000:.0f}s)",
+                    )
+                )
+        return violations
+
+    def validate_json(self, raw: str | bytes, now_ms: int | None = None) -> list[Violation]:
+        """Parse then validate; unparseable input is a ``json_parse`` violation."""
+        try:
+            event = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return [Violation("json_parse", f"not valid JSON: {exc}")]
+        return self.validate(event, now_ms=now_ms)
+
+    def _by_type(self, event_type: str) -> dict[int, EventContract]:
+        if event_type not in self._contracts:
+            raise ContractError(
+                f"unknown event type {event_type!r} (known: {', '.join(self.event_types)})"
+            )
+        return self._contracts[event_type]
+
+
+def flatten_schema(file: Path) -> dict[str, Any]:
+    """Resolve ``allOf``/``$ref`` composition into one object schema.
+
+    Properties are merged key by key (the referencing file refines the envelope, e.g. narrowing
+    ``event_type`` to a ``const``), ``required`` lists are unioned, other keywords overlay.
+    """
+    raw = _load_json(file)
+    return _flatten(raw, file.parent, seen=(file.resolve(),))
+
+
+def _flatten(schema: dict[str, Any], base: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for part in schema.get("allOf", []):
+        if "$ref" in part:
+            target = (base / part["$ref"]).resolve()
+            if target in seen:
+                raise ContractError(f"circular $ref to {target}")
+            part = _flatten(_load_json(target), target.parent, (*seen, target))
+        merged = _merge_schemas(merged, part)
+    own = {k: v for k, v in schema.items() if k != "allOf"}
+    merged = _merge_schemas(merged, own)
+    for meta in ("$id", "title"):
+        if meta in schema:
+            merged[meta] = schema[meta]
+    return merged
+
+
+def _merge_schemas(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if key == "properties" and isinstance(out.get(key), dict):
+            props = out[key]
+            for name, sub in value.items():
+                props[name] = _merge_schemas(props[name], sub) if name in props else copy.deepcopy(sub)
+        elif key == "required":
+            out[key] = list(dict.fromkeys([*out.get(key, []), *value]))
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _violations(validator: Draft202012Validator, event: Any) -> list[Violation]:
+    found: dict[str, Violation] = {}
+    for error in validator.iter_errors(event):
+        for violation in _explain(error):
+            found.setdefault(violation.rule, violation)
+    return list(found.values())
+
+
+def _explain(error: ValidationError) -> list[Violation]:
+    path = ".".join(str(p) for p in error.absolute_path)
+    at = f"{path}: " if path else ""
+    kind = error.validator
+    if kind == "required":
+        missing = [name for name in error.validator_value if name not in error.instance]
+        return [
+            Violation(f"required:{_join(path, name)}", f"'{_join(path, name)}' is a required field")
+            for name in missing
+        ]
+    if kind == "additionalProperties":
+        extras = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return [
+            Violation(f"unknown_field:{_join(path, name)}", f"'{_join(path, name)}' is not in the contract")
+            for name in extras
+        ]
+    if kind == "oneOf":
+        sub_kinds = {e.validator for e in error.context or []}
+        rule = "format" if "format" in sub_kinds and isinstance(error.instance, str) else "type"
+        return [Violation(f"{rule}:{path}", f"{at}{error.instance!r} matches none of the allowed forms")]
+    if kind == "const" and path == "event_type":
+        return [Violation("unknown_event_type", f"event_type {error.instance!r} does not match its schema")]
+    rule = {"minLength": "length", "maxLength": "length", "minimum": "range", "maximum": "range"}.get(
+        str(kind), str(kind)
+    )
+    return [Violation(f"{rule}:{path}", f"{at}{error.message}")]
+
+
+def event_time_ms(value: Any) -> int | None:
+    """Event time in epoch ms from the contract's two forms; None when it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return int(parsed.timestamp() * 1000)
+    return None
+
+
+def _paths(schema: dict[str, Any], prefix: str) -> Iterator[str]:
+    for name, sub in schema.get("properties", {}).items():
+        path = _join(prefix, name)
+        yield path
+        if isinstance(sub, dict) and sub.get("type") == "object":
+            yield from _paths(sub, path)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ContractError(f"cannot read contract {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ContractError(f"contract {path} must be a JSON object")
+    return data
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def _now_ms() -> int:
+    return int(datetime.now(tz=UTC).timestamp() * 1000)
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,1 @@
+"""The table catalog: names -> locations, reads at a version, history."""

@@ -1,0 +1,140 @@
+"""The table catalog: logical names -> Delta locations, creation, inspection and Spark reads.
+
+Tables are written by delta-rs and follow the open Delta protocol. Spark reads a version of a
+table scalably: delta-rs resolves the exact file list of that version from the log, and Spark's
+own Parquet reader reads those files (partition values come from the paths).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+from pyspark.sql import DataFrame, SparkSession
+
+from pipelines.config import StorageSettings
+from pipelines.lake.tables import TABLES, TableSpec, table_spec
+
+
+class TableNotFoundError(LookupError):
+    """A known table that has not been written yet (the message says which job creates it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+_CREATED_BY = {"bronze": "lakehouse run bronze", "silver": "lakehouse run silver", "gold": "lakehouse run gold"}
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    location: str
+    exists: bool
+    version: int | None = None
+    rows: int | None = None
+    files: int | None = None
+    size_bytes: int | None = None
+    last_commit: datetime | None = None
+    last_operation: str | None = None
+
+
+class Catalog:
+    """Resolves and manages the lake's tables under ``<storage root>/tables``."""
+
+    def __init__(self, storage: StorageSettings, storage_options: dict[str, str] | None = None) -> None:
+        self.storage = storage.resolved()
+        self.storage_options = storage_options or {}
+
+    def location(self, name: str) -> str:
+        spec = table_spec(name)
+        return f"{self.storage.tables_root}/{spec.layer}/{spec.short_name}"
+
+    def checkpoint(self, query_name: str) -> str:
+        """Checkpoint folder of a streaming query: ``<checkpoint root>/<query name>``."""
+        return f"{self.storage.checkpoints.rstrip('/')}/{query_name}"
+
+    def exists(self, name: str) -> bool:
+        return bool(DeltaTable.is_deltatable(self.location(name), storage_options=self.storage_options))
+
+    def ensure(self, spec: TableSpec) -> DeltaTable:
+        """Open the table, creating it (schema, partitioning, change data feed) if missing."""
+        location = self.location(spec.name)
+        if not DeltaTable.is_deltatable(location, storage_options=self.storage_options):
+            DeltaTable.create(
+                location,
+                schema=spec.arrow_schema,
+                mode="ignore",
+                partition_by=list(spec.partition_by) or None,
+                name=spec.name,
+                description=spec.description,
+                configuration=spec.configuration,
+                storage_options=self.storage_options,
+            )
+        return DeltaTable(location, storage_options=self.storage_options)
+
+    def delta_table(self, name: str, version: int | None = None) -> DeltaTable:
+        spec = table_spec(name)
+        try:
+            return DeltaTable(self.location(name), version=version, storage_options=self.storage_options)
+        except DeltaTableNotFound:
+            raise TableNotFoundError(
+                f"table {name} does not exist yet at {self.location(name)}; "
+                f"`{_CREATED_BY.get(spec.layer, 'its job')}` creates it"
+            ) from None
+
+    def info(self, name: str) -> TableInfo:
+        location = self.location(name)
+        if not self.exists(name):
+            return TableInfo(name=name, location=location, exists=False)
+        dt = self.delta_table(name)
+        actions = pa.table(dt.get_add_actions(flatten=True))
+        rows = sum(v for v in actions.column("num_records").to_pylist() if v is not None)
+        size = sum(actions.column("size_bytes").to_pylist())
+        last = dt.history(1)[0] if dt.version() >= 0 else {}
+        stamp = last.get("timestamp")
+        return TableInfo(
+            name=name,
+            location=location,
+            exists=True,
+            version=dt.version(),
+            rows=rows,
+            files=actions.num_rows,
+            size_bytes=size,
+            last_commit=datetime.fromtimestamp(stamp / 1000, tz=UTC) if stamp else None,
+            last_operation=last.get("operation"),
+        )
+
+    def infos(self) -> list[TableInfo]:
+        return [self.info(name) for name in sorted(TABLES)]
+
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return list(self.delta_table(name).history(limit))
+
+    def read(self, spark: SparkSession, name: str, version: int | None = None) -> DataFrame:
+        """The table (at ``version``, default latest) as a Spark DataFrame."""
+        spec = table_spec(name)
+        dt = self.delta_table(name, version)
+        files = dt.file_uris()
+        columns = [f.name for f in spec.schema.fields]
+        if not files:
+            return spark.createDataFrame([], spec.schema)
+        frame = (
+            spark.read.schema(spec.schema)
+            .option("basePath", self.location(name))
+            .parquet(*files)
+        )
+        return frame.select(*columns)
+
+    def register_views(self, spark: SparkSession) -> dict[str, str]:
+        """Register every existing table as a temp view; returns logical name -> view name."""
+        registered = {}
+        for name, spec in sorted(TABLES.items()):
+            if self.exists(name):
+                self.read(spark, name).createOrReplaceTempView(spec.view_name)
+                registered[name] = spec.view_name
+        return registered

@@ -1,0 +1,1 @@
+"""IO adapters: Kafka source, Delta sink, checkpoints and triggers."""

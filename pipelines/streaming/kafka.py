@@ -1,0 +1,246 @@
+"""Kafka adapters outside Spark: the embedded broker, the producer helper, client settings.
+
+The embedded broker is librdkafka's mock cluster. It lives inside the process that created it
+and listens on 127.0.0.1, so other processes (Spark's Python workers, a second terminal) reach it
+over TCP. It is for local runs and tests only; real brokers are set with
+``kafka.bootstrap_servers``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from pipelines.config import KafkaSettings, Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+STATE_FILE = "_embedded_kafka.json"
+
+
+class KafkaUnavailableError(RuntimeError):
+    """The configured brokers cannot be reached (message says which and how to fix it)."""
+
+
+class EmbeddedKafka:
+    """An in-memory Kafka-protocol broker on 127.0.0.1 (librdkafka mock cluster).
+
+    Topics are created on first produce with four partitions. Use as a context manager, or call
+    ``start()``/``stop()``.
+    """
+
+    def __init__(self, num_brokers: int = 1) -> None:
+        self._num_brokers = num_brokers
+        self._handle: Producer | None = None
+        self.bootstrap_servers = ""
+
+    def start(self) -> EmbeddedKafka:
+        self._handle = Producer(
+            {"test.mock.num.brokers": self._num_brokers, "log_level": 3, "logger": _quiet_logger}
+        )
+        metadata = self._handle.list_topics(timeout=10)
+        self.bootstrap_servers = ",".join(
+            f"{b.host}:{b.port}" for b in sorted(metadata.brokers.values(), key=lambda b: b.id)
+        )
+        return self
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.flush(1)
+            self._handle = None  # dropping the last reference shuts the mock cluster down
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    def __enter__(self) -> EmbeddedKafka:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def embedded_state_path(settings: Settings) -> Path:
+    root = settings.storage.root
+    if "://" in root:
+        raise KafkaUnavailableError(
+            f"kafka.bootstrap_servers is 'embedded' but storage.root {root} is remote; "
+            "the embedded broker is for local runs; set kafka.bootstrap_servers to real brokers"
+        )
+    return Path(root).expanduser().resolve() / STATE_FILE
+
+
+def write_embedded_state(settings: Settings, broker: EmbeddedKafka) -> Path:
+    path = embedded_state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"bootstrap_servers": broker.bootstrap_servers, "pid": os.getpid()}))
+    return path
+
+
+def resolve_bootstrap(settings: Settings) -> str:
+    """The broker list to connect to; ``embedded`` is looked up from ``lakehouse kafka serve``."""
+    servers = settings.kafka.bootstrap_servers.strip()
+    if servers != EMBEDDED:
+        return servers
+    path = embedded_state_path(settings)
+    hint = (
+        "start it with `lakehouse kafka serve` in another terminal (same --env), "
+        "or set kafka.bootstrap_servers to real brokers"
+    )
+    if not path.is_file():
+        raise KafkaUnavailableError(f"no embedded Kafka broker is running ({path} is missing); {hint}")
+    state = json.loads(path.read_text())
+    if not _pid_alive(int(state.get("pid", -1))):
+        raise KafkaUnavailableError(f"the embedded Kafka broker recorded in {path} has stopped; {hint}")
+    return str(state["bootstrap_servers"])
+
+
+def client_config(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str, Any]:
+    """Settings shared by every librdkafka client: brokers and security."""
+    return {"bootstrap.servers": bootstrap_servers, **kafka.security.client_config()}
+
+
+def check_reachable(conf: dict[str, Any], timeout_s: float) -> None:
+    """Raise KafkaUnavailableError unless a metadata request succeeds within ``timeout_s``."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({**conf, "logger": _quiet_logger})
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise KafkaUnavailableError(
+            f"Kafka brokers {conf['bootstrap.servers']} did not answer within {timeout_s:.0f}s "
+            f"({exc.args[0].str() if exc.args else exc}); check kafka.bootstrap_servers, "
+            "or start the embedded broker with `lakehouse kafka serve`"
+        ) from None
+
+
+@dataclass
+class DeliveryReport:
+    """What the producer has sent, as acknowledged by the broker."""
+
+    delivered: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def total_delivered(self) -> int:
+        return sum(self.delivered.values())
+
+    @property
+    def total_failed(self) -> int:
+        return sum(self.failed.values())
+
+
+class EventProducer:
+    """Producer helper: lz4, batching/linger, keyed messages, delivery reports counted per topic."""
+
+    def __init__(self, kafka: KafkaSettings, bootstrap_servers: str) -> None:
+        p = kafka.producer
+        conf: dict[str, Any] = {
+            **client_config(kafka, bootstrap_servers),
+            "compression.type": p.compression,
+            "linger.ms": p.linger_ms,
+            "batch.num.messages": p.batch_num_messages,
+            "acks": p.acks,
+            "enable.idempotence": p.enable_idempotence,
+            "delivery.timeout.ms": p.delivery_timeout_ms,
+            "queue.buffering.max.messages": 500_000,
+            "logger": _quiet_logger,
+        }
+        self._producer = Producer(conf)
+        self.report = DeliveryReport()
+        self._lock = threading.Lock()
+        self._since_poll = 0
+
+    def produce(self, topic: str, value: bytes, key: str | bytes | None = None) -> None:
+        """Queue one message; delivery is confirmed asynchronously and counted in ``report``."""
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: let deliveries drain, then retry
+        self._since_poll += 1
+        if self._since_poll >= 1000:
+            self._producer.poll(0)
+            self._since_poll = 0
+
+    def flush(self, timeout_s: float = 60.0) -> DeliveryReport:
+        """Wait for every queued message; raise if some could not be delivered in time."""
+        remaining = self._producer.flush(timeout_s)
+        if remaining:
+            raise KafkaUnavailableError(
+                f"{remaining} messages were still undelivered after {timeout_s:.0f}s; is the broker up?"
+            )
+        return self.report
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        topic = msg.topic() or "?"
+        with self._lock:
+            if err is None:
+                self.report.delivered[topic] += 1
+            else:
+                self.report.failed[topic] += 1
+                if len(self.report.errors) < 20:
+                    self.report.errors.append(f"{topic}: {err.str()}")
+
+    def __enter__(self) -> EventProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._producer.flush(10)
+
+
+@contextmanager
+def embedded_or_configured(settings: Settings) -> Iterator[str]:
+    """Yield a bootstrap address: the configured brokers, the running embedded broker, or (when
+    config says ``embedded`` and none runs) a fresh embedded broker for the duration."""
+    if settings.kafka.bootstrap_servers.strip() != EMBEDDED:
+        yield settings.kafka.bootstrap_servers
+        return
+    try:
+        servers: str | None = resolve_bootstrap(settings)
+    except KafkaUnavailableError:
+        servers = None
+    if servers:
+        yield servers
+        return
+    with EmbeddedKafka() as broker:
+        yield broker.bootstrap_servers
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _QuietLogger(logging.Logger):
+    """librdkafka logs every mock-cluster disconnect at INFO; route them to DEBUG."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        logging.getLogger("librdkafka").debug(msg, *args)
+
+
+_quiet_logger = _QuietLogger("librdkafka-quiet")

@@ -1,0 +1,85 @@
+"""The one write helper every streaming sink goes through, and how queries are run.
+
+It takes the trigger from config (or the CLI), puts the checkpoint at
+``<checkpoint root>/<table>``, names the query after the table, and waits for it in the way the
+trigger implies: ``available-now`` drains and returns, ``processing-time`` runs until stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pyspark.errors import StreamingQueryException
+from pyspark.sql import DataFrame
+from pyspark.sql.streaming import StreamingQuery
+
+from pipelines.config import TriggerSettings
+from pipelines.lake.catalog import Catalog
+from pipelines.streaming.delta_sink import BatchHandler
+
+
+class StreamingJobError(RuntimeError):
+    """A streaming query failed; the message carries Spark's reason without the JVM stack."""
+
+
+def trigger_kwargs(trigger: TriggerSettings) -> dict[str, object]:
+    if trigger.mode == "available-now":
+        return {"availableNow": True}
+    return {"processingTime": trigger.interval}
+
+
+def start_table_stream(
+    frame: DataFrame,
+    *,
+    catalog: Catalog,
+    table: str,
+    handler: BatchHandler,
+    trigger: TriggerSettings,
+) -> StreamingQuery:
+    """Start ``frame`` into ``handler`` with the checkpoint at ``<checkpoint root>/<table>``."""
+    return (
+        frame.writeStream.queryName(table.replace(".", "_"))
+        .option("checkpointLocation", catalog.checkpoint(table))
+        .trigger(**trigger_kwargs(trigger))  # type: ignore[arg-type]
+        .foreachBatch(handler)
+        .start()
+    )
+
+
+def await_query(
+    query: StreamingQuery,
+    *,
+    on_progress: Callable[[StreamingQuery], None] | None = None,
+    timeout_s: float | None = None,
+    poll_s: float = 0.5,
+) -> None:
+    """Wait until the query ends (available-now) or ``timeout_s`` passes / Ctrl-C (continuous).
+
+    Raises:
+        StreamingJobError: the query failed.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        while query.isActive:
+            query.awaitTermination(poll_s)
+            if on_progress is not None:
+                on_progress(query)
+            if deadline is not None and time.monotonic() > deadline:
+                query.stop()
+                break
+    except KeyboardInterrupt:
+        query.stop()
+    except StreamingQueryException as exc:
+        raise StreamingJobError(_reason(exc)) from None
+    if on_progress is not None:
+        on_progress(query)
+    failure = query.exception()
+    if failure is not None:
+        raise StreamingJobError(_reason(failure))
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "desc", None) or str(exc)
+    head = text.split("\n=== Streaming Query ===")[0]
+    return head.strip()

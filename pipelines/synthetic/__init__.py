@@ -1,0 +1,1 @@
+"""Synthetic, deterministic clickstream data that follows the event contract."""

@@ -1,0 +1,32 @@
+"""Builders shared by the streaming tests."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from pipelines.config import Settings
+from pipelines.streaming.kafka import EventProducer
+
+
+def produce(settings: Settings, bootstrap: str, topic: str, n: int, start: int = 0) -> list[tuple[str, str]]:
+    """Produce ``n`` messages ``(key, value)`` to ``topic``; returns what was sent."""
+    sent = []
+    producer = EventProducer(settings.kafka, bootstrap)
+    for i in range(start, start + n):
+        key, value = f"user-{i % 37}", f'{{"n": {i}, "topic": "{topic}"}}'
+        producer.produce(topic, value.encode(), key=key)
+        sent.append((key, value))
+    report = producer.flush(30)
+    assert report.total_failed == 0, report.errors
+    assert report.delivered[topic] == n
+    return sent
+
+
+def contiguous(offsets: list[tuple[str, int, int]]) -> Counter[tuple[str, int]]:
+    """Records per topic-partition, after checking offsets are 0..n-1 without gaps or repeats."""
+    per_partition: dict[tuple[str, int], list[int]] = {}
+    for topic, partition, offset in offsets:
+        per_partition.setdefault((topic, partition), []).append(offset)
+    for key, values in per_partition.items():
+        assert sorted(values) == list(range(len(values))), f"gap or duplicate in {key}"
+    return Counter({k: len(v) for k, v in per_partition.items()})

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.testing import assertDataFrameEqual
+
+from pipelines.bronze.job import run_bronze
+from pipelines.config import Settings
+from pipelines.lake.catalog import Catalog
+from pipelines.lake.tables import BRONZE_EVENTS_RAW
+from pipelines.streaming.kafka import EmbeddedKafka, KafkaUnavailableError
+from tests.streaming.helpers import contiguous, produce
+
+pytestmark = pytest.mark.streaming
+
+
+def small_batches(settings: Settings, cap: int = 250) -> Settings:
+    consumer = settings.kafka.consumer.model_copy(update={"max_offsets_per_trigger": cap})
+    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"consumer": consumer})})
+
+
+def test_bronze_lands_every_record_once_and_a_rerun_adds_nothing(
+    spark: SparkSession, lake_settings: Settings, kafka_broker: EmbeddedKafka
+) -> None:
+    settings = small_batches(lake_settings)
+    bootstrap = kafka_broker.bootstrap_servers
+    topics = settings.kafka.topics
+    sent = [(k, v, topics.click) for k, v in produce(settings, bootstrap, topics.click, 700)]
+    sent += [(k, v, topics.purchase) for k, v in produce(settings, bootstrap, topics.purchase, 300)]
+    started = datetime.now(tz=UTC)
+
+    first = run_bronze(spark, settings, bootstrap)
+    assert first.stats.rows_written == 1_000
+    assert first.stats.batches_written == 4
+    catalog = Catalog(settings.storage)
+    bronze = catalog.read(spark, BRONZE_EVENTS_RAW.name)
+    assertDataFrameEqual(
+        bronze.select("key", "value", "topic"),
+        spark.createDataFrame(sent, "key string, value string, topic string"),
+        checkRowOrder=False,
+    )
+    rows = bronze.collect()
+    assert sum(contiguous([(r.topic, r.partition, r.offset) for r in rows]).values()) == 1_000
+    assert all(r.ingest_ts >= started.replace(tzinfo=None) for r in rows)
+    assert {r.ingest_date for r in rows} == {r.ingest_ts.date() for r in rows}
+    assert all(r.kafka_timestamp is not None for r in rows)
+
+    version = catalog.info(BRONZE_EVENTS_RAW.name).version
+    again = run_bronze(spark, settings, bootstrap)
+    assert again.stats.rows_written == 0
+    assert catalog.info(BRONZE_EVENTS_RAW.name).version == version
+    assert catalog.read(spark, BRONZE_EVENTS_RAW.name).count() == 1_000
+
+    produce(settings, bootstrap, topics.search, 120)
+    more = run_bronze(spark, settings, bootstrap)
+    assert more.stats.rows_written == 120
+    assert catalog.info(BRONZE_EVENTS_RAW.name).rows == 1_120
+
+
+def test_batch_already_committed_before_a_crash_is_skipped_on_replay(
+    spark: SparkSession, lake_settings: Settings, kafka_broker: EmbeddedKafka
+) -> None:
+    settings = small_batches(lake_settings)
+    bootstrap = kafka_broker.bootstrap_servers
+    produce(settings, bootstrap, settings.kafka.topics.page_view, 600)
+    catalog = Catalog(settings.storage)
+
+    first = run_bronze(spark, settings, bootstrap)
+    assert first.stats.batches_written == 3
+    info = catalog.info(BRONZE_EVENTS_RAW.name)
+    last_batch = first.stats.batches[-1]["batch_id"]
+    # Simulate a crash after the Delta commit but before Spark recorded the batch as done.
+    commits = Path(catalog.checkpoint(BRONZE_EVENTS_RAW.name)) / "commits"
+    (commits / str(last_batch)).unlink()
+    (commits / f".{last_batch}.crc").unlink(missing_ok=True)
+
+    replay = run_bronze(spark, settings, bootstrap)
+    assert replay.stats.batches_skipped == 1
+    assert replay.stats.rows_written == 0
+    after = catalog.info(BRONZE_EVENTS_RAW.name)
+    assert (after.version, after.rows) == (info.version, 600)
+    assert (commits / str(last_batch)).exists()  # the replay completed the batch in the checkpoint
+    app_id = catalog.delta_table(BRONZE_EVENTS_RAW.name).history(1)[0]["lakehouse.app_id"]
+    assert catalog.delta_table(BRONZE_EVENTS_RAW.name).transaction_version(app_id) == last_batch
+
+
+def test_bronze_table_has_the_declared_schema_and_partitioning(
+    spark: SparkSession, lake_settings: Settings, kafka_broker: EmbeddedKafka
+) -> None:
+    produce(lake_settings, kafka_broker.bootstrap_servers, lake_settings.kafka.topics.search, 10)
+    run_bronze(spark, lake_settings, kafka_broker.bootstrap_servers)
+    table = Catalog(lake_settings.storage).delta_table(BRONZE_EVENTS_RAW.name)
+    assert pa.schema(table.schema().to_arrow()) == BRONZE_EVENTS_RAW.arrow_schema
+    assert table.metadata().partition_columns == ["ingest_date"]
+    assert table.metadata().configuration["delta.enableChangeDataFeed"] == "true"
+    assert all("ingest_date=" in uri for uri in table.file_uris())
+
+
+def test_unreachable_broker_fails_before_spark_starts_a_query(
+    spark: SparkSession, lake_settings: Settings
+) -> None:
+    consumer = lake_settings.kafka.consumer.model_copy(update={"metadata_timeout_s": 1.0})
+    settings = lake_settings.model_copy(
+        update={"kafka": lake_settings.kafka.model_copy(update={"consumer": consumer})}
+    )
+    with pytest.raises(KafkaUnavailableError, match=r"127.0.0.1:9 did not answer within 1s"):
+        run_bronze(spark, settings, "127.0.0.1:9")
+    assert spark.streams.active == []

@@ -1,0 +1,252 @@
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyspark.sql.types import (
+    DoubleType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+)
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.contracts import (
+    SCHEMAS_DIR,
+    ContractError,
+    ContractRegistry,
+    check_compatibility,
+    event_spark_schema,
+    unified_event_schema,
+)
+from pipelines.contracts.spark_schema import spark_type
+
+NOW_MS = 1_795_000_000_000
+
+
+def event(event_type: str = "purchase", **changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "event_id": "3f1c1a0e-8b7a-4a51-9a6b-0d2b3b7f0e11",
+        "event_type": event_type,
+        "user_id": "user-1",
+        "session_id": "5b2a0c9e-2f44-4c41-8d0a-0f1f4e6c7a10",
+        "timestamp": NOW_MS - 60_000,
+        "schema_version": 1,
+        "context": {"page": "/p/item-1", "referrer": None, "device": "mobile",
+                    "user_agent": "Mozilla/5.0", "locale": "en-US"},
+    }
+    per_type: dict[str, dict[str, Any]] = {
+        "page_view": {"item_id": "item-1", "properties": {"page_type": "product", "category": "books"}},
+        "click": {"item_id": "item-1", "properties": {"position": 2, "list_type": "search"}},
+        "search": {"properties": {"query": "red shoes", "result_count": 12}},
+        "add_to_cart": {"item_id": "item-1", "properties": {"quantity": 1, "price": 9.5, "currency": "EUR"}},
+        "purchase": {"item_id": "item-1", "properties": {"order_id": "o-1", "revenue": 19.0,
+                                                         "currency": "EUR", "quantity": 2}},
+    }
+    base.update(per_type[event_type])
+    base.update(changes)
+    return base
+
+
+@pytest.fixture(scope="module")
+def registry() -> ContractRegistry:
+    return ContractRegistry()
+
+
+def rules(registry: ContractRegistry, ev: Any) -> set[str]:
+    return {v.rule for v in registry.validate(ev, now_ms=NOW_MS)}
+
+
+def test_registry_knows_the_five_event_types(registry: ContractRegistry) -> None:
+    assert registry.event_types == ["add_to_cart", "click", "page_view", "purchase", "search"]
+    assert all(registry.versions(t) == [1] for t in registry.event_types)
+
+
+@pytest.mark.parametrize("event_type", ["page_view", "click", "search", "add_to_cart", "purchase"])
+def test_valid_events_pass(registry: ContractRegistry, event_type: str) -> None:
+    assert registry.validate(event(event_type), now_ms=NOW_MS) == []
+
+
+def test_rfc3339_timestamp_is_accepted(registry: ContractRegistry) -> None:
+    assert registry.validate(event(timestamp="2026-11-10T10:00:00.123Z"), now_ms=NOW_MS) == []
+
+
+def test_envelope_is_shared_not_retyped(registry: ContractRegistry) -> None:
+    envelope = json.loads((SCHEMAS_DIR / "envelope" / "v1.json").read_text())
+    for contract in registry.latest():
+        for name in envelope["properties"]:
+            assert name in contract.schema["properties"], (contract.event_type, name)
+        assert set(envelope["required"]) <= set(contract.required)
+        assert contract.schema["properties"]["event_type"]["const"] == contract.event_type
+
+
+@pytest.mark.parametrize(
+    ("ev", "expected"),
+    [
+        (event(user_id=5), {"type:user_id"}),
+        ({k: v for k, v in event().items() if k != "user_id"}, {"required:user_id"}),
+        ({k: v for k, v in event("click").items() if k != "item_id"}, {"required:item_id"}),
+        (event(timestamp=True), {"type:timestamp"}),
+        (event(timestamp="last tuesday"), {"format:timestamp"}),
+        (event(event_id="not-a-uuid"), {"format:event_id"}),
+        (event() | {"event_type": "wishlist_add"}, {"unknown_event_type"}),
+        (event(schema_version=9), {"unknown_schema_version"}),
+        (event(timestamp=NOW_MS + 86_400_000), {"timestamp_in_future"}),
+        (event(properties={"order_id": "o", "revenue": "12", "currency": "EUR", "quantity": 1}),
+         {"type:properties.revenue"}),
+        (event(context={"device": "phone"}), {"enum:context.device"}),
+        (event(coupon="X"), {"unknown_field:coupon"}),
+        ([1, 2], {"not_an_object"}),
+    ],
+)
+def test_each_kind_of_bad_event_fails_with_a_specific_rule(
+    registry: ContractRegistry, ev: Any, expected: set[str]
+) -> None:
+    assert rules(registry, ev) == expected
+
+
+def test_all_failures_are_reported_not_just_the_first(registry: ContractRegistry) -> None:
+    ev = {k: v for k, v in event().items() if k != "user_id"} | {"timestamp": "x", "event_id": "y"}
+    assert rules(registry, ev) == {"required:user_id", "format:timestamp", "format:event_id"}
+
+
+def test_malformed_json_is_a_parse_violation(registry: ContractRegistry) -> None:
+    assert [v.rule for v in registry.validate_json('{"event_id": "x",')] == ["json_parse"]
+
+
+def test_unknown_type_and_version_lookups_raise(registry: ContractRegistry) -> None:
+    with pytest.raises(ContractError, match=r"unknown event type 'wishlist'.*known: add_to_cart"):
+        registry.get("wishlist")
+    with pytest.raises(ContractError, match=r"no schema version 3 \(known: 1\)"):
+        registry.get("click", 3)
+
+
+def test_purchase_spark_schema_is_derived_exactly(registry: ContractRegistry) -> None:
+    context = StructType([StructField(n, StringType()) for n in
+                          ("page", "referrer", "device", "user_agent", "locale", "ip")])
+    properties = StructType([
+        StructField("order_id", StringType()), StructField("revenue", DoubleType()),
+        StructField("currency", StringType()), StructField("quantity", LongType()),
+        StructField("category", StringType()),
+    ])
+    expected = StructType([
+        StructField("event_id", StringType()), StructField("event_type", StringType()),
+        StructField("user_id", StringType()), StructField("session_id", StringType()),
+        StructField("timestamp", StringType()), StructField("received_at", StringType()),
+        StructField("item_id", StringType()), StructField("context", context),
+        StructField("schema_version", LongType()), StructField("properties", properties),
+    ])
+    assert event_spark_schema(registry.get("purchase")) == expected
+
+
+_JSON_TO_SPARK = {"string": StringType(), "integer": LongType(), "number": DoubleType()}
+
+
+@pytest.mark.parametrize("event_type", ["page_view", "click", "search", "add_to_cart", "purchase"])
+def test_every_json_field_has_its_spark_column(registry: ContractRegistry, event_type: str) -> None:
+    contract = registry.get(event_type)
+    schema = event_spark_schema(contract)
+    for path in contract.field_paths():
+        node: Any = schema
+        json_node: Any = contract.schema
+        for part in path.split("."):
+            node = node[part].dataType
+            json_node = json_node["properties"][part]
+        declared = json_node.get("type")
+        if isinstance(declared, list):
+            declared = next(t for t in declared if t != "null")
+        if declared in _JSON_TO_SPARK:
+            assert node == _JSON_TO_SPARK[declared], path
+        elif declared == "object":
+            assert isinstance(node, StructType), path
+        else:  # the timestamp's two forms (ms or RFC 3339) are kept raw as a string
+            assert node == StringType(), path
+
+
+def test_unified_schema_holds_every_type_s_properties(registry: ContractRegistry) -> None:
+    unified = unified_event_schema(registry)
+    props = unified["properties"].dataType
+    assert isinstance(props, StructType)
+    for contract in registry.latest():
+        assert set(event_spark_schema(contract)["properties"].dataType.fieldNames()) <= set(props.fieldNames())
+
+
+def test_conflicting_types_cannot_be_unified() -> None:
+    with pytest.raises(ContractError, match="mixed"):
+        spark_type({"type": "object", "properties": {"a": {"type": ["string", "integer"]}}}, "mixed")
+
+
+# -- compatibility ----------------------------------------------------------------------------
+@pytest.fixture
+def schemas(tmp_path: Path) -> Path:
+    target = tmp_path / "schemas"
+    shutil.copytree(SCHEMAS_DIR, target)
+    return target
+
+
+def write_v2(schemas: Path, event_type: str, change: Any) -> Path:
+    doc = json.loads((schemas / event_type / "v1.json").read_text())
+    new = copy.deepcopy(doc)
+    new["$id"] = f"{event_type}/v2.json"
+    change(new)
+    path = schemas / event_type / "v2.json"
+    path.write_text(json.dumps(new))
+    return path
+
+
+def test_added_optional_field_is_compatible(schemas: Path) -> None:
+    write_v2(schemas, "click", lambda s: s["properties"]["properties"]["properties"].update(
+        {"experiment": {"type": "string"}}))
+    registry = ContractRegistry(schemas)
+    report = check_compatibility(registry.get("click", 1), registry.get("click", 2))
+    assert report.ok
+    assert report.compatible == ["added optional field properties.experiment"]
+
+
+def test_removed_field_is_breaking(schemas: Path) -> None:
+    write_v2(schemas, "click", lambda s: s["properties"]["properties"]["properties"].pop("position"))
+    registry = ContractRegistry(schemas)
+    report = check_compatibility(registry.get("click", 1), registry.get("click", 2))
+    assert report.breaking == ["removed field properties.position"]
+
+
+def test_retyped_and_newly_required_fields_are_breaking(schemas: Path) -> None:
+    def change(s: dict[str, Any]) -> None:
+        props = s["properties"]["properties"]
+        props["properties"]["position"] = {"type": "string"}
+        props["properties"]["rank"] = {"type": "integer"}
+        props["required"] = ["rank"]
+
+    write_v2(schemas, "click", change)
+    registry = ContractRegistry(schemas)
+    report = check_compatibility(registry.get("click", 1), registry.get("click", 2))
+    assert set(report.breaking) == {
+        "retyped field properties.position: integer -> string",
+        "new required field properties.rank",
+    }
+
+
+def test_cli_contracts_check_exit_codes(schemas: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(app, ["contracts", "check", "--schemas-dir", str(schemas)])
+    assert ok.exit_code == 0, ok.output
+    write_v2(schemas, "search", lambda s: s["properties"]["properties"]["properties"].update(
+        {"page": {"type": "integer"}}))
+    good = runner.invoke(app, ["contracts", "check", "search", "--schemas-dir", str(schemas)])
+    assert good.exit_code == 0, good.output
+    assert "compatible" in good.output
+    candidate = schemas / "search" / "v3.json"
+    doc = json.loads((schemas / "search" / "v2.json").read_text())
+    doc["properties"]["properties"]["properties"].pop("result_count")
+    doc["properties"]["properties"]["required"] = ["query"]
+    candidate.write_text(json.dumps(doc))
+    bad = runner.invoke(app, ["contracts", "check", "--candidate", str(candidate), "--schemas-dir", str(schemas)])
+    assert bad.exit_code == 1, bad.output
+    assert "removed field properties.result_count" in bad.output
+    assert "v2 -> v3" in bad.output
