@@ -9,6 +9,7 @@ line of stdout and sends progress to stderr.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 import signal
@@ -43,8 +44,8 @@ from pipelines.contracts.registry import SCHEMAS_DIR, EventContract, flatten_sch
 from pipelines.lake.catalog import Catalog, TableNotFoundError
 from pipelines.lake.tables import UnknownTableError
 from pipelines.streaming.kafka import (
-    EmbeddedKafka,
     KafkaUnavailableError,
+    embedded_broker,
     resolve_bootstrap,
     write_embedded_state,
 )
@@ -61,10 +62,16 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-kafka_app = typer.Typer(help="The embedded Kafka broker and topic inspection.", no_args_is_help=True)
-run_app = typer.Typer(help="Run a pipeline job (a Spark Structured Streaming query).", no_args_is_help=True)
+kafka_app = typer.Typer(
+    help="The embedded Kafka broker and topic inspection.", no_args_is_help=True
+)
+run_app = typer.Typer(
+    help="Run a pipeline job (a Spark Structured Streaming query).", no_args_is_help=True
+)
 contracts_app = typer.Typer(help="The versioned event contract.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks (each measures its baseline in the same run).", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks (each measures its baseline in the same run).", no_args_is_help=True
+)
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(run_app, name="run")
 app.add_typer(contracts_app, name="contracts")
@@ -76,7 +83,9 @@ err = Console(stderr=True)
 EnvOption = Annotated[
     str | None,
     typer.Option(
-        "--env", "-e", help="Environment: conf/<env>.yaml over conf/base.yaml (default: $LAKEHOUSE_ENV or local).",
+        "--env",
+        "-e",
+        help="Environment: conf/<env>.yaml over conf/base.yaml (default: $LAKEHOUSE_ENV or local).",
         show_default=False,
     ),
 ]
@@ -140,7 +149,7 @@ def kafka_serve(env: EnvOption = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with EmbeddedKafka() as broker:
+    with embedded_broker(settings) as broker:
         state = write_embedded_state(settings, broker)
         out.print(f"embedded Kafka broker listening on [bold]{broker.bootstrap_servers}[/]")
         out.print(f"  (address recorded in {state}; Ctrl-C to stop)")
@@ -162,8 +171,12 @@ def kafka_topics(env: EnvOption = None, as_json: JsonOption = False) -> None:
     settings = _settings(env)
     servers = resolve_bootstrap(settings)
     consumer = Consumer(
-        {"bootstrap.servers": servers, "group.id": "lakehouse-cli", "log_level": 3,
-         **settings.kafka.security.client_config()}
+        {
+            "bootstrap.servers": servers,
+            "group.id": "lakehouse-cli",
+            "log_level": 3,
+            **settings.kafka.security.client_config(),
+        }
     )
     try:
         metadata = consumer.list_topics(timeout=settings.kafka.consumer.metadata_timeout_s)
@@ -175,7 +188,9 @@ def kafka_topics(env: EnvOption = None, as_json: JsonOption = False) -> None:
             continue
         parts = metadata.topics[name].partitions
         marks = [consumer.get_watermark_offsets(TopicPartition(name, p), timeout=5) for p in parts]
-        rows.append({"topic": name, "partitions": len(parts), "messages": sum(h - lo for lo, h in marks)})
+        rows.append(
+            {"topic": name, "partitions": len(parts), "messages": sum(h - lo for lo, h in marks)}
+        )
     consumer.close()
     if as_json:
         print(json.dumps({"bootstrap_servers": servers, "topics": rows}))
@@ -190,14 +205,21 @@ def kafka_topics(env: EnvOption = None, as_json: JsonOption = False) -> None:
 @app.command("generate")
 @friendly_errors
 def generate(
-    events: Annotated[int, typer.Option("--events", "-n", min=1, help="How many events to produce.")] = 10_000,
+    events: Annotated[
+        int, typer.Option("--events", "-n", min=1, help="How many events to produce.")
+    ] = 10_000,
     users: Annotated[int, typer.Option(min=1, help="Distinct users.")] = 1_000,
     items: Annotated[int, typer.Option(min=1, help="Catalog size.")] = 500,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same events).")] = 42,
     bad_fraction: Annotated[
-        float, typer.Option("--bad-fraction", min=0.0, max=1.0, help="Share of malformed/invalid/duplicate events.")
+        float,
+        typer.Option(
+            "--bad-fraction", min=0.0, max=1.0, help="Share of malformed/invalid/duplicate events."
+        ),
     ] = 0.0,
-    days: Annotated[float, typer.Option(min=0.01, help="Event times span this many days up to now.")] = 3.0,
+    days: Annotated[
+        float, typer.Option(min=0.01, help="Event times span this many days up to now.")
+    ] = 3.0,
     env: EnvOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -207,15 +229,23 @@ def generate(
 
     settings = _settings(env)
     servers = resolve_bootstrap(settings)
-    generator = ClickstreamGenerator(users=users, items=items, seed=seed, bad_fraction=bad_fraction, days=days)
+    generator = ClickstreamGenerator(
+        users=users, items=items, seed=seed, bad_fraction=bad_fraction, days=days
+    )
     console = err if as_json else out
     with _bar(console, "producing", events) as advance:
-        result = publish_clickstream(generator, events, settings.kafka, servers, advance)
+        result = publish_clickstream(
+            generator, events, settings.kafka, servers, on_progress=advance
+        )
     summary = {"bootstrap_servers": servers, **result.to_dict()}
     if as_json:
         print(json.dumps(summary))
         return
-    table = Table("topic", "produced", title=f"produced {result.delivery.total_delivered:,} events to {servers}")
+    table = Table(
+        "topic",
+        "produced",
+        title=f"produced {result.delivery.total_delivered:,} events to {servers}",
+    )
     for topic, count in sorted(result.delivery.delivered.items()):
         table.add_row(topic, f"{count:,}")
     out.print(table)
@@ -233,7 +263,9 @@ def run_bronze_cmd(
     ] = False,
     processing_time: Annotated[
         str | None,
-        typer.Option("--processing-time", help="Run continuously with this trigger interval, e.g. '5s'."),
+        typer.Option(
+            "--processing-time", help="Run continuously with this trigger interval, e.g. '5s'."
+        ),
     ] = None,
     timeout: Annotated[
         float | None, typer.Option(help="Stop a continuous run after this many seconds.")
@@ -258,7 +290,9 @@ def run_bronze_cmd(
                 f"({'active' if query.isActive else 'done'})"
             )
 
-        run = run_bronze(spark, settings, servers, trigger=trigger, on_progress=progress, timeout_s=timeout)
+        run = run_bronze(
+            spark, settings, servers, trigger=trigger, on_progress=progress, timeout_s=timeout
+        )
     summary = {
         "table": "bronze.events_raw",
         "rows_written": run.stats.rows_written,
@@ -272,12 +306,15 @@ def run_bronze_cmd(
         print(json.dumps(summary))
     else:
         out.print(
-            f"bronze.events_raw: +{run.stats.rows_written:,} rows in {run.stats.batches_written} batches "
-            f"(skipped replays: {run.stats.batches_skipped}), now at version {run.table_version}"
+            f"bronze.events_raw: +{run.stats.rows_written:,} rows "
+            f"in {run.stats.batches_written} batches (skipped replays: "
+            f"{run.stats.batches_skipped}), now at version {run.table_version}"
         )
 
 
-def _trigger(settings: Settings, available_now: bool, processing_time: str | None) -> TriggerSettings:
+def _trigger(
+    settings: Settings, available_now: bool, processing_time: str | None
+) -> TriggerSettings:
     if available_now and processing_time:
         raise ConfigError("choose one of --available-now and --processing-time, not both")
     if processing_time:
@@ -318,7 +355,9 @@ def tables(env: EnvOption = None, as_json: JsonOption = False) -> None:
             f"{info.rows:,}",
             str(info.files),
             _size(info.size_bytes or 0),
-            f"{info.last_commit:%Y-%m-%d %H:%M:%S} ({info.last_operation})" if info.last_commit else "-",
+            f"{info.last_commit:%Y-%m-%d %H:%M:%S} ({info.last_operation})"
+            if info.last_commit
+            else "-",
             info.location,
         )
     out.print(table)
@@ -327,7 +366,9 @@ def tables(env: EnvOption = None, as_json: JsonOption = False) -> None:
 @app.command("sql")
 @friendly_errors
 def sql(
-    query: Annotated[str, typer.Argument(help="Spark SQL; refer to tables by name, e.g. bronze.events_raw.")],
+    query: Annotated[
+        str, typer.Argument(help="Spark SQL; refer to tables by name, e.g. bronze.events_raw.")
+    ],
     limit: Annotated[int, typer.Option(min=1, help="Rows to print at most.")] = 50,
     env: EnvOption = None,
     as_json: JsonOption = False,
@@ -351,8 +392,16 @@ def sql(
     truncated = len(rows) > limit
     rows = rows[:limit]
     if as_json:
-        print(json.dumps({"columns": columns, "rows": [r.asDict(recursive=True) for r in rows],
-                          "truncated": truncated}, default=str))
+        print(
+            json.dumps(
+                {
+                    "columns": columns,
+                    "rows": [r.asDict(recursive=True) for r in rows],
+                    "truncated": truncated,
+                },
+                default=str,
+            )
+        )
         return
     table = Table(*columns)
     for row in rows:
@@ -371,7 +420,8 @@ def rewrite_table_names(query: str, views: dict[str, str]) -> str:
 
 # -- contracts --------------------------------------------------------------------------------
 SchemasDirOption = Annotated[
-    Path, typer.Option("--schemas-dir", help="Contract folder (<type>/v<N>.json).", show_default=False)
+    Path,
+    typer.Option("--schemas-dir", help="Contract folder (<type>/v<N>.json).", show_default=False),
 ]
 
 
@@ -395,7 +445,9 @@ def contracts_list(schemas_dir: SchemasDirOption = SCHEMAS_DIR) -> None:
 def contracts_show(
     event_type: Annotated[str, typer.Argument(help="Event type, e.g. purchase.")],
     version: Annotated[int | None, typer.Option(help="Schema version (default: latest).")] = None,
-    spark_schema: Annotated[bool, typer.Option("--spark", help="Print the derived Spark schema.")] = False,
+    spark_schema: Annotated[
+        bool, typer.Option("--spark", help="Print the derived Spark schema.")
+    ] = False,
     schemas_dir: SchemasDirOption = SCHEMAS_DIR,
 ) -> None:
     """Print an event type's flattened JSON Schema (or its derived Spark schema)."""
@@ -410,11 +462,14 @@ def contracts_show(
 @friendly_errors
 def contracts_check(
     event_types: Annotated[
-        list[str] | None, typer.Argument(help="Event types to check (default: all).", show_default=False)
+        list[str] | None,
+        typer.Argument(help="Event types to check (default: all).", show_default=False),
     ] = None,
     candidate: Annotated[
         Path | None,
-        typer.Option(help="A proposed schema file, compared with the latest registered version of its type."),
+        typer.Option(
+            help="A proposed schema file, compared with the latest registered version of its type."
+        ),
     ] = None,
     schemas_dir: SchemasDirOption = SCHEMAS_DIR,
     as_json: JsonOption = False,
@@ -425,14 +480,23 @@ def contracts_check(
     pairs: list[tuple[EventContract, EventContract]] = []
     if candidate is not None:
         new = _candidate_contract(candidate, registry, event_types)
-        older = [v for v in registry.versions(new.event_type) if registry.get(new.event_type, v).source.resolve() != new.source.resolve()]
+        older = [
+            v
+            for v in registry.versions(new.event_type)
+            if registry.get(new.event_type, v).source.resolve() != new.source.resolve()
+        ]
         if not older:
-            raise ContractError(f"no earlier version of {new.event_type} to compare {candidate} with")
+            raise ContractError(
+                f"no earlier version of {new.event_type} to compare {candidate} with"
+            )
         pairs.append((registry.get(new.event_type, max(older)), new))
     else:
         for event_type in event_types or registry.event_types:
             versions = registry.versions(event_type)
-            pairs += [(registry.get(event_type, a), registry.get(event_type, b)) for a, b in zip(versions, versions[1:], strict=False)]
+            pairs += [
+                (registry.get(event_type, a), registry.get(event_type, b))
+                for a, b in itertools.pairwise(versions)
+            ]
     reports = [check_compatibility(old, new) for old, new in pairs]
     breaking = any(not r.ok for r in reports)
     if as_json:
@@ -442,7 +506,9 @@ def contracts_check(
             out.print("nothing to compare: every event type has a single version")
         for report in reports:
             verdict = "[green]compatible[/]" if report.ok else "[bold red]BREAKING[/]"
-            out.print(f"{report.event_type} v{report.old_version} -> v{report.new_version}: {verdict}")
+            out.print(
+                f"{report.event_type} v{report.old_version} -> v{report.new_version}: {verdict}"
+            )
             for change in report.breaking:
                 out.print(f"  [red]✗[/] {change}", highlight=False)
             for change in report.compatible:
@@ -451,12 +517,14 @@ def contracts_check(
         raise typer.Exit(1)
 
 
-def _candidate_contract(path: Path, registry: ContractRegistry, event_types: list[str] | None) -> EventContract:
+def _candidate_contract(
+    path: Path, registry: ContractRegistry, event_types: list[str] | None
+) -> EventContract:
     if not path.is_file():
         raise ContractError(f"candidate schema {path} does not exist")
     flat = flatten_schema(path)
     declared = flat.get("properties", {}).get("event_type", {}).get("const")
-    event_type = (event_types or [None])[0] or declared or path.parent.name
+    event_type = event_types[0] if event_types else (declared or path.parent.name)
     if event_type not in registry.event_types:
         raise ContractError(
             f"cannot tell which event type {path} is for; pass it as an argument "
@@ -471,8 +539,12 @@ def _candidate_contract(path: Path, registry: ContractRegistry, event_types: lis
 @app.command("demo")
 @friendly_errors
 def demo(
-    events: Annotated[int | None, typer.Option(min=1, help="Events to generate (default from config).")] = None,
-    bad_fraction: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of bad events.")] = None,
+    events: Annotated[
+        int | None, typer.Option(min=1, help="Events to generate (default from config).")
+    ] = None,
+    bad_fraction: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Share of bad events.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     env: EnvOption = None,
     as_json: JsonOption = False,
@@ -481,14 +553,23 @@ def demo(
     from pipelines.demo import DemoHooks, run_demo
 
     settings = _settings(env)
-    overrides = {k: v for k, v in {"events": events, "bad_fraction": bad_fraction, "seed": seed}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {"events": events, "bad_fraction": bad_fraction, "seed": seed}.items()
+        if v is not None
+    }
     if overrides:
         settings = settings.model_copy(update={"demo": settings.demo.model_copy(update=overrides)})
     console = err if as_json else out
     total = settings.demo.events
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=False,
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     ) as progress:
         produced = progress.add_task("produce to Kafka", total=total)
         landed = progress.add_task("bronze.events_raw", total=total)
@@ -509,24 +590,39 @@ def _print_demo(summary: dict[str, Any]) -> None:
     table = Table("topic", "produced", "in bronze", title="Kafka -> bronze.events_raw")
     for topic, count in kafka["produced_per_topic"].items():
         table.add_row(topic, f"{count:,}", f"{bronze['rows_per_topic'].get(topic, 0):,}")
-    table.add_row("[bold]total[/]", f"[bold]{kafka['produced']:,}[/]", f"[bold]{bronze['rows']:,}[/]")
+    table.add_row(
+        "[bold]total[/]", f"[bold]{kafka['produced']:,}[/]", f"[bold]{bronze['rows']:,}[/]"
+    )
     out.print(table)
     bad = kafka["generated"]["by_kind"]
-    out.print(f"bad events mixed in ({sum(bad.values())}): " + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())))
+    out.print(
+        f"bad events mixed in ({sum(bad.values())}): "
+        + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+    )
     out.print(
         f"bronze.events_raw at version {bronze['table_version']} ({bronze['files']} files, "
-        f"{bronze['batches']} micro-batches, {bronze['rows_per_second']:,} rows/s) -> {bronze['location']}"
+        f"{bronze['batches']} micro-batches, {bronze['rows_per_second']:,} rows/s) "
+        f"-> {bronze['location']}"
     )
-    verdict = "[green]every produced message is in bronze[/]" if summary["matches"] else "[red]bronze does not match Kafka[/]"
+    verdict = (
+        "[green]every produced message is in bronze[/]"
+        if summary["matches"]
+        else "[red]bronze does not match Kafka[/]"
+    )
     out.print(f"{verdict}; total {summary['seconds']}s")
-    out.print("next: [bold]lakehouse tables[/], [bold]lakehouse sql \"SELECT topic, count(*) FROM bronze.events_raw GROUP BY topic\"[/]")
+    example = "SELECT topic, count(*) FROM bronze.events_raw GROUP BY topic"
+    out.print(f'next: [bold]lakehouse tables[/], [bold]lakehouse sql "{example}"[/]')
 
 
 @bench_app.command("bronze")
 @friendly_errors
 def bench_bronze_cmd(
-    events: Annotated[int, typer.Option(min=1000, help="Messages to pre-load and drain.")] = 500_000,
-    workdir: Annotated[str | None, typer.Option(help="Where the benchmark tables go (default: a temp dir).")] = None,
+    events: Annotated[
+        int, typer.Option(min=1000, help="Messages to pre-load and drain.")
+    ] = 500_000,
+    workdir: Annotated[
+        str | None, typer.Option(help="Where the benchmark tables go (default: a temp dir).")
+    ] = None,
     env: EnvOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -536,16 +632,31 @@ def bench_bronze_cmd(
     settings = _settings(env)
     console = err if as_json else out
     result = bench_bronze(
-        settings, _spark, events, stage=lambda m: console.print(f"[dim]›[/] {m}", highlight=False), workdir=workdir
+        settings,
+        _spark,
+        events,
+        stage=lambda m: console.print(f"[dim]›[/] {m}", highlight=False),
+        workdir=workdir,
     )
     if as_json:
         print(json.dumps(result))
         return
     table = Table("measure", "value", title=f"bronze benchmark, {events:,} events")
-    for key in ("raw_drain_events_per_s", "bronze_events_per_s", "ratio_bronze_to_raw", "micro_batches",
-                "delta_write_ms_per_batch", "collect_ms_per_batch", "delta_commit_overhead_ms", "complete"):
+    for key in (
+        "raw_drain_events_per_s",
+        "bronze_events_per_s",
+        "ratio_bronze_to_raw",
+        "micro_batches",
+        "delta_write_ms_per_batch",
+        "collect_ms_per_batch",
+        "delta_commit_overhead_ms",
+        "complete",
+    ):
         value = result[key]
-        table.add_row(key, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
+        table.add_row(
+            key,
+            f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value),
+        )
     out.print(table)
 
 

@@ -1,4 +1,4 @@
-"""Typed settings: ``conf/base.yaml`` overlaid by ``conf/<env>.yaml``, with ``${ENV_VAR}`` interpolation.
+"""Typed settings: ``conf/base.yaml`` overlaid by ``conf/<env>.yaml``, ``${ENV_VAR}`` interpolated.
 
 Loaded once per process by the CLI (or a notebook) and passed down explicitly. Unknown keys are
 rejected, and a ``${VAR}`` with no default whose variable is unset is an error that names the
@@ -91,8 +91,11 @@ class KafkaProducerSettings(_Model):
 class KafkaConsumerSettings(_Model):
     starting_offsets: Literal["earliest", "latest"] = "earliest"
     max_offsets_per_trigger: int | None = Field(default=200_000, ge=1)
+    min_partitions: int = Field(
+        default=2, ge=1, description="Spark tasks a micro-batch is spread over (at least)."
+    )
     max_records_per_partition: int = Field(
-        default=100_000, ge=1, description="Splits a large offset range into several Spark tasks."
+        default=100_000, ge=1, description="Records one Spark task reads at most."
     )
     poll_timeout_s: float = Field(default=30.0, gt=0)
     metadata_timeout_s: float = Field(default=10.0, gt=0)
@@ -107,7 +110,7 @@ class KafkaSecurity(_Model):
 
     def client_config(self) -> dict[str, str]:
         """librdkafka security settings; the password is only revealed here."""
-        conf = {"security.protocol": self.protocol}
+        conf: dict[str, str] = {"security.protocol": self.protocol}
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism
         if self.sasl_username is not None:
@@ -124,6 +127,13 @@ class KafkaSettings(_Model):
         "started by `lakehouse kafka serve` (its address is read from the storage root).",
     )
     topics: KafkaTopics = KafkaTopics()
+    embedded_partitions: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Partitions per topic on the embedded broker; each keeps about 5 MB of "
+        "compressed batches, so more partitions hold more data.",
+    )
     producer: KafkaProducerSettings = KafkaProducerSettings()
     consumer: KafkaConsumerSettings = KafkaConsumerSettings()
     security: KafkaSecurity = KafkaSecurity()
@@ -231,7 +241,9 @@ def find_conf_dir(conf_dir: str | Path | None, environ: Mapping[str, str]) -> Pa
     if conf_dir is not None:
         folder = Path(conf_dir)
         if not folder.is_dir():
-            raise ConfigError(f"config folder {folder} does not exist (set --conf-dir or {CONF_DIR_VAR})")
+            raise ConfigError(
+                f"config folder {folder} does not exist (set --conf-dir or {CONF_DIR_VAR})"
+            )
         return folder
     for parent in [Path.cwd(), *Path.cwd().parents]:
         if (parent / "conf" / "base.yaml").is_file():
@@ -265,7 +277,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _interpolate(value: Any, environ: Mapping[str, str], path: str) -> Any:
     if isinstance(value, dict):
-        return {k: _interpolate(v, environ, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {
+            k: _interpolate(v, environ, f"{path}.{k}" if path else str(k)) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_interpolate(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
     if not isinstance(value, str):

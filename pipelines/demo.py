@@ -20,7 +20,7 @@ from pipelines.bronze.job import run_bronze
 from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import BRONZE_EVENTS_RAW
-from pipelines.streaming.kafka import EmbeddedKafka
+from pipelines.streaming.kafka import embedded_broker
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import publish_clickstream
 
@@ -66,7 +66,7 @@ def run_demo(
     removed = reset_demo_state(settings)
     if removed:
         hooks.stage(f"reset previous demo data: {', '.join(removed)}")
-    with EmbeddedKafka() as broker:
+    with embedded_broker(settings) as broker:
         hooks.stage(f"embedded Kafka broker on {broker.bootstrap_servers}")
         generator = ClickstreamGenerator(
             users=demo.users, items=demo.items, seed=demo.seed, bad_fraction=demo.bad_fraction
@@ -74,7 +74,11 @@ def run_demo(
         hooks.stage(f"publishing {demo.events:,} events ({demo.bad_fraction:.0%} bad)")
         t0 = time.perf_counter()
         published = publish_clickstream(
-            generator, demo.events, settings.kafka, broker.bootstrap_servers, hooks.produced
+            generator,
+            demo.events,
+            settings.kafka,
+            broker.bootstrap_servers,
+            on_progress=hooks.produced,
         )
         produce_s = time.perf_counter() - t0
 
@@ -100,9 +104,7 @@ def run_demo(
 
     catalog = Catalog(settings.storage)
     info = catalog.info(BRONZE_EVENTS_RAW.name)
-    per_topic = (
-        catalog.read(spark, BRONZE_EVENTS_RAW.name).groupBy("topic").count().collect()
-    )
+    per_topic = catalog.read(spark, BRONZE_EVENTS_RAW.name).groupBy("topic").count().collect()
     return {
         "env": settings.env,
         "storage_root": settings.storage.resolved().root,

@@ -48,7 +48,10 @@ def build_spark(settings: Settings, app_name: str | None = None) -> SparkSession
             .config("spark.ui.showConsoleProgress", "false")
             .config("spark.driver.host", "127.0.0.1")
             .config("spark.driver.bindAddress", "127.0.0.1")
-            .config("spark.sql.warehouse.dir", str(Path(settings.storage.resolved().root) / "_warehouse"))
+            .config(
+                "spark.sql.warehouse.dir",
+                str(Path(settings.storage.resolved().root) / "_warehouse"),
+            )
         )
     for key, value in spark_settings.conf.items():
         builder = builder.config(key, value)

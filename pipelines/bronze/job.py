@@ -32,6 +32,7 @@ def run_bronze(
     spark: SparkSession,
     settings: Settings,
     bootstrap_servers: str,
+    *,
     trigger: TriggerSettings | None = None,
     on_progress: Callable[[StreamingQuery, BatchWriteStats], None] | None = None,
     timeout_s: float | None = None,

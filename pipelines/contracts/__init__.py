@@ -1,4 +1,4 @@
-"""Versioned event contracts: JSON Schemas, their registry, and the Spark schema derived from them."""
+"""Versioned event contracts: JSON Schemas, their registry, and derived Spark schemas."""
 
 from pipelines.contracts.compatibility import CompatibilityReport, check_compatibility
 from pipelines.contracts.registry import (

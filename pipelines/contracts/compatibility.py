@@ -33,7 +33,9 @@ def check_compatibility(old: EventContract, new: EventContract) -> Compatibility
     return report
 
 
-def _compare(old: dict[str, Any], new: dict[str, Any], path: str, report: CompatibilityReport) -> None:
+def _compare(
+    old: dict[str, Any], new: dict[str, Any], path: str, report: CompatibilityReport
+) -> None:
     old_props: dict[str, Any] = old.get("properties", {})
     new_props: dict[str, Any] = new.get("properties", {})
     old_required, new_required = set(old.get("required", [])), set(new.get("required", []))
@@ -55,7 +57,9 @@ def _compare(old: dict[str, Any], new: dict[str, Any], path: str, report: Compat
         _compare_field(old_props[name], sub, where, report)
 
 
-def _compare_field(old: dict[str, Any], new: dict[str, Any], where: str, report: CompatibilityReport) -> None:
+def _compare_field(
+    old: dict[str, Any], new: dict[str, Any], where: str, report: CompatibilityReport
+) -> None:
     old_types, new_types = _types(old), _types(new)
     if old_types != new_types:
         report.breaking.append(

@@ -130,7 +130,9 @@ class ContractRegistry:
         after ``now_ms`` (default: the wall clock) is rejected as ``timestamp_in_future``.
         """
         if not isinstance(event, Mapping):
-            return [Violation("not_an_object", f"an event must be a JSON object, got {_kind(event)}")]
+            return [
+                Violation("not_an_object", f"an event must be a JSON object, got {_kind(event)}")
+            ]
         event_type = event.get("event_type")
         if event_type is None:
             return [Violation("required:event_type", "'event_type' is a required property")]
@@ -198,12 +200,13 @@ def flatten_schema(file: Path) -> dict[str, Any]:
 def _flatten(schema: dict[str, Any], base: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for part in schema.get("allOf", []):
+        resolved = part
         if "$ref" in part:
             target = (base / part["$ref"]).resolve()
             if target in seen:
                 raise ContractError(f"circular $ref to {target}")
-            part = _flatten(_load_json(target), target.parent, (*seen, target))
-        merged = _merge_schemas(merged, part)
+            resolved = _flatten(_load_json(target), target.parent, (*seen, target))
+        merged = _merge_schemas(merged, resolved)
     own = {k: v for k, v in schema.items() if k != "allOf"}
     merged = _merge_schemas(merged, own)
     for meta in ("$id", "title"):
@@ -218,7 +221,9 @@ def _merge_schemas(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, A
         if key == "properties" and isinstance(out.get(key), dict):
             props = out[key]
             for name, sub in value.items():
-                props[name] = _merge_schemas(props[name], sub) if name in props else copy.deepcopy(sub)
+                props[name] = (
+                    _merge_schemas(props[name], sub) if name in props else copy.deepcopy(sub)
+                )
         elif key == "required":
             out[key] = list(dict.fromkeys([*out.get(key, []), *value]))
         else:
@@ -238,27 +243,42 @@ def _explain(error: ValidationError) -> list[Violation]:
     path = ".".join(str(p) for p in error.absolute_path)
     at = f"{path}: " if path else ""
     kind = error.validator
+    instance: Any = error.instance
+    schema: Any = error.schema
     if kind == "required":
-        missing = [name for name in error.validator_value if name not in error.instance]
+        required: Any = error.validator_value
+        missing = [name for name in required if name not in instance]
         return [
             Violation(f"required:{_join(path, name)}", f"'{_join(path, name)}' is a required field")
             for name in missing
         ]
     if kind == "additionalProperties":
-        extras = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        extras = sorted(set(instance) - set(schema.get("properties", {})))
         return [
-            Violation(f"unknown_field:{_join(path, name)}", f"'{_join(path, name)}' is not in the contract")
+            Violation(
+                f"unknown_field:{_join(path, name)}",
+                f"'{_join(path, name)}' is not in the contract",
+            )
             for name in extras
         ]
     if kind == "oneOf":
         sub_kinds = {e.validator for e in error.context or []}
         rule = "format" if "format" in sub_kinds and isinstance(error.instance, str) else "type"
-        return [Violation(f"{rule}:{path}", f"{at}{error.instance!r} matches none of the allowed forms")]
+        return [
+            Violation(f"{rule}:{path}", f"{at}{error.instance!r} matches none of the allowed forms")
+        ]
     if kind == "const" and path == "event_type":
-        return [Violation("unknown_event_type", f"event_type {error.instance!r} does not match its schema")]
-    rule = {"minLength": "length", "maxLength": "length", "minimum": "range", "maximum": "range"}.get(
-        str(kind), str(kind)
-    )
+        return [
+            Violation(
+                "unknown_event_type", f"event_type {error.instance!r} does not match its schema"
+            )
+        ]
+    rule = {
+        "minLength": "length",
+        "maxLength": "length",
+        "minimum": "range",
+        "maximum": "range",
+    }.get(str(kind), str(kind))
     return [Violation(f"{rule}:{path}", f"{at}{error.message}")]
 
 

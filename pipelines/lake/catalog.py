@@ -27,7 +27,11 @@ class TableNotFoundError(LookupError):
         return str(self.args[0])
 
 
-_CREATED_BY = {"bronze": "lakehouse run bronze", "silver": "lakehouse run silver", "gold": "lakehouse run gold"}
+_CREATED_BY = {
+    "bronze": "lakehouse run bronze",
+    "silver": "lakehouse run silver",
+    "gold": "lakehouse run gold",
+}
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,9 @@ class TableInfo:
 class Catalog:
     """Resolves and manages the lake's tables under ``<storage root>/tables``."""
 
-    def __init__(self, storage: StorageSettings, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, storage: StorageSettings, storage_options: dict[str, str] | None = None
+    ) -> None:
         self.storage = storage.resolved()
         self.storage_options = storage_options or {}
 
@@ -59,7 +65,9 @@ class Catalog:
         return f"{self.storage.checkpoints.rstrip('/')}/{query_name}"
 
     def exists(self, name: str) -> bool:
-        return bool(DeltaTable.is_deltatable(self.location(name), storage_options=self.storage_options))
+        return bool(
+            DeltaTable.is_deltatable(self.location(name), storage_options=self.storage_options)
+        )
 
     def ensure(self, spec: TableSpec) -> DeltaTable:
         """Open the table, creating it (schema, partitioning, change data feed) if missing."""
@@ -80,7 +88,9 @@ class Catalog:
     def delta_table(self, name: str, version: int | None = None) -> DeltaTable:
         spec = table_spec(name)
         try:
-            return DeltaTable(self.location(name), version=version, storage_options=self.storage_options)
+            return DeltaTable(
+                self.location(name), version=version, storage_options=self.storage_options
+            )
         except DeltaTableNotFound:
             raise TableNotFoundError(
                 f"table {name} does not exist yet at {self.location(name)}; "
@@ -124,9 +134,7 @@ class Catalog:
         if not files:
             return spark.createDataFrame([], spec.schema)
         frame = (
-            spark.read.schema(spec.schema)
-            .option("basePath", self.location(name))
-            .parquet(*files)
+            spark.read.schema(spec.schema).option("basePath", self.location(name)).parquet(*files)
         )
         return frame.select(*columns)
 

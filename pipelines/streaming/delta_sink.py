@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-from deltalake import CommitProperties, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from pyspark.sql import DataFrame
 
 from pipelines.lake.catalog import Catalog
@@ -57,31 +57,43 @@ def delta_rs_append(
         stats: filled in as batches are written or skipped.
     """
     stats = stats if stats is not None else BatchWriteStats()
-    location = catalog.location(spec.name)
-    app_id: list[str] = []  # resolved on the first batch, once Spark has written the metadata
+    # Resolved on the first batch, once Spark has written the checkpoint metadata; the table
+    # handle is kept and refreshed incrementally rather than re-read from the log every batch.
+    app_id: list[str] = []
+    handle: list[DeltaTable] = []
 
     def write_batch(batch_df: DataFrame, batch_id: int) -> None:
         if not app_id:
             app_id.append(f"{spec.name}:{query_id_from_checkpoint(checkpoint)}")
-        table = catalog.ensure(spec)
+            handle.append(catalog.ensure(spec))
+        table = handle[0]
+        table.update_incremental()
         done = table.transaction_version(app_id[0])
         if done is not None and done >= batch_id:
             stats.batches_skipped += 1
-            log.warning("%s: batch %s already committed (app %s); skipping replay", spec.name, batch_id, app_id[0])
+            log.warning(
+                "%s: batch %s already committed (app %s); skipping replay",
+                spec.name,
+                batch_id,
+                app_id[0],
+            )
             return
         started = time.perf_counter()
         data = conform(pa.table(batch_df.toArrow()), spec.arrow_schema)
         collected = time.perf_counter()
         if data.num_rows:
             write_deltalake(
-                location,
+                table,
                 data,
                 mode="append",
                 partition_by=list(spec.partition_by) or None,
                 storage_options=catalog.storage_options,
                 commit_properties=CommitProperties(
                     app_transactions=[Transaction(app_id[0], batch_id)],
-                    custom_metadata={"lakehouse.batch_id": str(batch_id), "lakehouse.app_id": app_id[0]},
+                    custom_metadata={
+                        "lakehouse.batch_id": str(batch_id),
+                        "lakehouse.app_id": app_id[0],
+                    },
                 ),
             )
         finished = time.perf_counter()
@@ -89,7 +101,8 @@ def delta_rs_append(
         stats.rows_written += data.num_rows
         stats.collect_s += collected - started
         stats.write_s += finished - collected
-        stats.last_version = catalog.delta_table(spec.name).version()
+        table.update_incremental()
+        stats.last_version = table.version()
         stats.batches.append(
             {
                 "batch_id": batch_id,
@@ -113,7 +126,9 @@ def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
 
 def query_id_from_checkpoint(checkpoint: str) -> str:
     """The streaming query id Spark stores in ``<checkpoint>/metadata`` (``{"id": "…"}``)."""
-    fs, path = pafs.FileSystem.from_uri(checkpoint if "://" in checkpoint else f"file://{checkpoint}")
+    fs, path = pafs.FileSystem.from_uri(
+        checkpoint if "://" in checkpoint else f"file://{checkpoint}"
+    )
     with fs.open_input_stream(f"{path.rstrip('/')}/metadata") as stream:
         first_line = stream.read().decode().splitlines()[0]
     return str(json.loads(first_line)["id"])

@@ -8,12 +8,14 @@ over TCP. It is for local runs and tests only; real brokers are set with
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,43 +37,132 @@ class KafkaUnavailableError(RuntimeError):
 
 
 class EmbeddedKafka:
-    """An in-memory Kafka-protocol broker on 127.0.0.1 (librdkafka mock cluster).
+    """An in-memory Kafka-protocol broker on 127.0.0.1 (librdkafka's mock cluster).
 
-    Topics are created on first produce with four partitions. Use as a context manager, or call
-    ``start()``/``stop()``.
+    ``topics`` are created up front with ``partitions`` partitions through librdkafka's public
+    mock API (``rd_kafka_mock_topic_create``); other topics are created on first produce with four
+    partitions. The mock keeps about 5 MB of (compressed) batches per partition and drops the
+    oldest beyond that, so more partitions hold more data; the Kafka source reports dropped offsets
+    as data loss rather than skipping them. Use as a context manager or ``start()``/``stop()``.
     """
 
-    def __init__(self, num_brokers: int = 1) -> None:
+    def __init__(
+        self, topics: Sequence[str] = (), partitions: int = 16, num_brokers: int = 1
+    ) -> None:
+        self._topics = list(dict.fromkeys(topics))
+        self._partitions = partitions
         self._num_brokers = num_brokers
-        self._handle: Producer | None = None
+        self._native: _NativeMockCluster | None = None
+        self._fallback: Producer | None = None
         self.bootstrap_servers = ""
 
     def start(self) -> EmbeddedKafka:
-        self._handle = Producer(
-            {"test.mock.num.brokers": self._num_brokers, "log_level": 3, "logger": _quiet_logger}
-        )
-        metadata = self._handle.list_topics(timeout=10)
-        self.bootstrap_servers = ",".join(
-            f"{b.host}:{b.port}" for b in sorted(metadata.brokers.values(), key=lambda b: b.id)
-        )
+        try:
+            self._native = _NativeMockCluster(self._num_brokers)
+        except (OSError, AttributeError, RuntimeError) as exc:
+            log.warning("librdkafka mock API unavailable (%s); topics will have 4 partitions", exc)
+            conf: dict[str, Any] = {
+                "test.mock.num.brokers": self._num_brokers,
+                "log_level": 3,
+                "logger": _quiet_logger,
+            }
+            self._fallback = Producer(conf)
+            metadata = self._fallback.list_topics(timeout=10)
+            self.bootstrap_servers = ",".join(
+                f"{b.host}:{b.port}" for b in sorted(metadata.brokers.values(), key=lambda b: b.id)
+            )
+            return self
+        self.bootstrap_servers = self._native.bootstraps
+        for topic in self._topics:
+            self._native.create_topic(topic, self._partitions)
         return self
 
     def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.flush(1)
-            self._handle = None  # dropping the last reference shuts the mock cluster down
+        if self._native is not None:
+            self._native.destroy()
+            self._native = None
+        if self._fallback is not None:
+            self._fallback.flush(1)
+            self._fallback = None  # dropping the last reference shuts the mock cluster down
 
     @property
     def running(self) -> bool:
-        return self._handle is not None
+        return self._native is not None or self._fallback is not None
 
     def __enter__(self) -> EmbeddedKafka:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class _NativeMockCluster:
+    """librdkafka's mock cluster through its C API (``rdkafka_mock.h``), via ctypes."""
+
+    def __init__(self, num_brokers: int) -> None:
+        lib = _librdkafka()
+        errstr = ctypes.create_string_buffer(512)
+        conf = lib.rd_kafka_conf_new()
+        lib.rd_kafka_conf_set(conf, b"log_level", b"3", errstr, len(errstr))
+        self._lib = lib
+        self._rk = lib.rd_kafka_new(0, conf, errstr, len(errstr))  # 0 = RD_KAFKA_PRODUCER
+        if not self._rk:
+            raise RuntimeError(f"rd_kafka_new failed: {errstr.value.decode()}")
+        self._cluster = lib.rd_kafka_mock_cluster_new(self._rk, num_brokers)
+        if not self._cluster:
+            lib.rd_kafka_destroy(self._rk)
+            raise RuntimeError("rd_kafka_mock_cluster_new failed")
+        self.bootstraps = lib.rd_kafka_mock_cluster_bootstraps(self._cluster).decode()
+
+    def create_topic(self, topic: str, partitions: int) -> None:
+        code = self._lib.rd_kafka_mock_topic_create(self._cluster, topic.encode(), partitions, 1)
+        if code != 0:
+            raise KafkaUnavailableError(
+                f"embedded broker could not create topic {topic!r} (error {code})"
+            )
+
+    def destroy(self) -> None:
+        self._lib.rd_kafka_mock_cluster_destroy(self._cluster)
+        self._lib.rd_kafka_destroy(self._rk)
+
+
+def _librdkafka() -> ctypes.CDLL:
+    """The librdkafka that confluent-kafka ships (or the system one), with mock API signatures."""
+    import confluent_kafka
+
+    package_dir = Path(confluent_kafka.__file__).resolve().parent
+    candidates = sorted(package_dir.parent.glob("confluent_kafka.libs/librdkafka*"))
+    path = str(candidates[0]) if candidates else ctypes.util.find_library("rdkafka")
+    if not path:
+        raise OSError("librdkafka shared library not found")
+    lib = ctypes.CDLL(path)
+    vp, cp, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+    lib.rd_kafka_conf_new.restype = vp
+    lib.rd_kafka_conf_set.argtypes = [vp, cp, cp, cp, ctypes.c_size_t]
+    lib.rd_kafka_new.restype = vp
+    lib.rd_kafka_new.argtypes = [i, vp, cp, ctypes.c_size_t]
+    lib.rd_kafka_destroy.argtypes = [vp]
+    lib.rd_kafka_mock_cluster_new.restype = vp
+    lib.rd_kafka_mock_cluster_new.argtypes = [vp, i]
+    lib.rd_kafka_mock_cluster_bootstraps.restype = cp
+    lib.rd_kafka_mock_cluster_bootstraps.argtypes = [vp]
+    lib.rd_kafka_mock_topic_create.restype = i
+    lib.rd_kafka_mock_topic_create.argtypes = [vp, cp, i, i]
+    lib.rd_kafka_mock_cluster_destroy.argtypes = [vp]
+    return lib
+
+
+def embedded_broker(settings: Settings) -> EmbeddedKafka:
+    """An embedded broker with every configured topic (events + DLQ) created up front."""
+    topics = settings.kafka.topics
+    return EmbeddedKafka(
+        topics=[*topics.event_topics, topics.dlq], partitions=settings.kafka.embedded_partitions
+    )
 
 
 def embedded_state_path(settings: Settings) -> Path:
@@ -102,10 +193,14 @@ def resolve_bootstrap(settings: Settings) -> str:
         "or set kafka.bootstrap_servers to real brokers"
     )
     if not path.is_file():
-        raise KafkaUnavailableError(f"no embedded Kafka broker is running ({path} is missing); {hint}")
+        raise KafkaUnavailableError(
+            f"no embedded Kafka broker is running ({path} is missing); {hint}"
+        )
     state = json.loads(path.read_text())
     if not _pid_alive(int(state.get("pid", -1))):
-        raise KafkaUnavailableError(f"the embedded Kafka broker recorded in {path} has stopped; {hint}")
+        raise KafkaUnavailableError(
+            f"the embedded Kafka broker recorded in {path} has stopped; {hint}"
+        )
     return str(state["bootstrap_servers"])
 
 
@@ -118,7 +213,8 @@ def check_reachable(conf: dict[str, Any], timeout_s: float) -> None:
     """Raise KafkaUnavailableError unless a metadata request succeeds within ``timeout_s``."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({**conf, "logger": _quiet_logger})
+    admin_conf: dict[str, Any] = {**conf, "logger": _quiet_logger}
+    admin = AdminClient(admin_conf)
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
@@ -185,7 +281,8 @@ class EventProducer:
         remaining = self._producer.flush(timeout_s)
         if remaining:
             raise KafkaUnavailableError(
-                f"{remaining} messages were still undelivered after {timeout_s:.0f}s; is the broker up?"
+                f"{remaining} messages were still undelivered after {timeout_s:.0f}s; "
+                "is the broker up?"
             )
         return self.report
 
@@ -220,7 +317,7 @@ def embedded_or_configured(settings: Settings) -> Iterator[str]:
     if servers:
         yield servers
         return
-    with EmbeddedKafka() as broker:
+    with embedded_broker(settings) as broker:
         yield broker.bootstrap_servers
 
 

@@ -8,12 +8,14 @@ The embedded replacement for Spark's ``format("kafka")`` where its jar cannot be
   replayed batch reads the same records.
 * ``maxOffsetsPerTrigger`` caps a micro-batch (spread over partitions by lag), including under
   ``Trigger.AvailableNow``, which drains up to the offsets seen when the query started.
-* Large ranges are split into several Spark tasks (``maxRecordsPerPartition``).
+* A micro-batch's ranges are packed into at least ``minPartitions`` Spark tasks of at most
+  ``maxRecordsPerPartition`` records; each task reads its ranges with one consumer.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +78,7 @@ class KafkaSourceOptions:
     topics: tuple[str, ...]
     starting_offsets: str | Offsets = "earliest"
     max_offsets_per_trigger: int | None = None
+    min_partitions: int = 2
     max_records_per_partition: int = 100_000
     poll_timeout_s: float = 30.0
     metadata_timeout_s: float = 10.0
@@ -90,9 +93,13 @@ class KafkaSourceOptions:
             raise KafkaSourceError(
                 f"{FORMAT}: option 'kafka.bootstrap.servers' is required (host:port[,host:port])"
             )
-        topics = tuple(dict.fromkeys(t.strip() for t in opts.get("subscribe", "").split(",") if t.strip()))
+        topics = tuple(
+            dict.fromkeys(t.strip() for t in opts.get("subscribe", "").split(",") if t.strip())
+        )
         if not topics:
-            raise KafkaSourceError(f"{FORMAT}: option 'subscribe' needs a comma-separated topic list")
+            raise KafkaSourceError(
+                f"{FORMAT}: option 'subscribe' needs a comma-separated topic list"
+            )
         starting: str | Offsets = opts.get("startingoffsets", "earliest").strip()
         if starting not in ("earliest", "latest"):
             try:
@@ -112,6 +119,7 @@ class KafkaSourceOptions:
             topics=topics,
             starting_offsets=starting,
             max_offsets_per_trigger=_positive_int(opts, "maxoffsetspertrigger"),
+            min_partitions=_positive_int(opts, "minpartitions") or 2,
             max_records_per_partition=_positive_int(opts, "maxrecordsperpartition") or 100_000,
             poll_timeout_s=float(opts.get("polltimeoutms", 30_000)) / 1000,
             metadata_timeout_s=float(opts.get("metadatatimeoutms", 10_000)) / 1000,
@@ -133,18 +141,20 @@ class KafkaSourceOptions:
         }
 
 
-class KafkaOffsetRange(InputPartition):
-    """Records ``[start, end)`` of one topic-partition: one Spark task."""
+OffsetRange = tuple[str, int, int, int]  # topic, partition, from (inclusive), until (exclusive)
 
-    def __init__(
-        self, topic: str, partition: int, start: int, end: int, options: KafkaSourceOptions
-    ) -> None:
-        super().__init__((topic, partition, start, end))
-        self.topic = topic
-        self.partition = partition
-        self.start = start
-        self.end = end
+
+class KafkaReadTask(InputPartition):
+    """One Spark task: offset ranges of one or more topic-partitions, read by one consumer."""
+
+    def __init__(self, ranges: list[OffsetRange], options: KafkaSourceOptions) -> None:
+        super().__init__(ranges)
+        self.ranges = ranges
         self.options = options
+
+    @property
+    def records(self) -> int:
+        return sum(hi - lo for _, _, lo, hi in self.ranges)
 
 
 class KafkaSource(DataSource):
@@ -200,14 +210,17 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return dict(self._latest) if self._latest is not None else None
 
     def partitions(self, start: dict[str, Any], end: dict[str, Any]) -> Sequence[InputPartition]:
-        ranges = split_ranges(
-            _parse_offsets(start), _parse_offsets(end), self.options.max_records_per_partition
+        tasks = plan_tasks(
+            _parse_offsets(start),
+            _parse_offsets(end),
+            self.options.min_partitions,
+            self.options.max_records_per_partition,
         )
-        return [KafkaOffsetRange(t, p, s, e, self.options) for t, p, s, e in ranges]
+        return [KafkaReadTask(ranges, self.options) for ranges in tasks]
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
-        assert isinstance(partition, KafkaOffsetRange)
-        return read_offset_range(partition)
+        assert isinstance(partition, KafkaReadTask)
+        return read_task(partition)
 
     def commit(self, end: dict[str, Any]) -> None:
         """Nothing to do: offsets are kept in the Spark checkpoint, not in Kafka."""
@@ -234,7 +247,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 if topic_md is None or topic_md.error is not None:
                     continue  # not created yet: picked up from offset 0 once it appears
                 out[topic] = {
-                    str(p): consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+                    str(p): consumer.get_watermark_offsets(
+                        TopicPartition(topic, p), timeout=timeout
+                    )
                     for p in sorted(topic_md.partitions)
                 }
             return out
@@ -246,7 +261,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             ) from None
 
     def _high_watermarks(self) -> Offsets:
-        return {t: {p: hi for p, (_, hi) in parts.items()} for t, parts in self._watermarks().items()}
+        return {
+            t: {p: hi for p, (_, hi) in parts.items()} for t, parts in self._watermarks().items()
+        }
 
     def _check_data_loss(self, start: Offsets, available: Offsets) -> Offsets:
         out: Offsets = {t: dict(parts) for t, parts in available.items()}
@@ -309,102 +326,154 @@ def bound_offsets(available: Offsets, target: Offsets, start: Offsets) -> Offset
     return out
 
 
-def split_ranges(start: Offsets, end: Offsets, max_records: int) -> list[tuple[str, int, int, int]]:
-    """``(topic, partition, from, until)`` chunks of at most ``max_records`` records each."""
-    ranges = []
-    for topic in sorted(end):
-        for part in sorted(end[topic], key=int):
-            lo, hi = start.get(topic, {}).get(part, 0), end[topic][part]
-            for chunk in range(lo, hi, max_records):
-                ranges.append((topic, int(part), chunk, min(hi, chunk + max_records)))
-    return ranges
+def plan_tasks(
+    start: Offsets, end: Offsets, min_tasks: int, max_records: int
+) -> list[list[OffsetRange]]:
+    """Pack the batch's ranges into tasks of equal size: at least ``min_tasks`` (when there are
+    that many records) and at most ``max_records`` records each. Deterministic, so a replayed
+    batch is planned identically."""
+    ranges = [
+        (topic, int(part), start.get(topic, {}).get(part, 0), hi)
+        for topic in sorted(end)
+        for part, hi in sorted(end[topic].items(), key=lambda kv: int(kv[0]))
+        if hi > start.get(topic, {}).get(part, 0)
+    ]
+    total = sum(hi - lo for _, _, lo, hi in ranges)
+    if total == 0:
+        return []
+    count = max(min_tasks, -(-total // max_records))
+    target = -(-total // count)
+    tasks: list[list[OffsetRange]] = []
+    current: list[OffsetRange] = []
+    size = 0
+    for topic, part, first, hi in ranges:
+        lo = first
+        while lo < hi:
+            take = min(hi - lo, target - size)
+            current.append((topic, part, lo, lo + take))
+            size, lo = size + take, lo + take
+            if size == target:
+                tasks.append(current)
+                current, size = [], 0
+    if current:
+        tasks.append(current)
+    return tasks
 
 
-def read_offset_range(part: KafkaOffsetRange) -> Iterator[pa.RecordBatch]:
-    """Yield Arrow batches holding exactly offsets ``[start, end)`` of one partition."""
-    if part.start >= part.end:
+def read_task(task: KafkaReadTask) -> Iterator[pa.RecordBatch]:
+    """Yield Arrow batches holding exactly the task's offset ranges."""
+    if task.records == 0:
         return
-    opts = part.options
-    consumer = Consumer(opts.consumer_conf("reader"))
+    consumer = Consumer(task.options.consumer_conf("reader"))
     try:
-        tp = TopicPartition(part.topic, part.partition)
-        low, _ = consumer.get_watermark_offsets(tp, timeout=opts.metadata_timeout_s)
-        start = part.start
-        if start < low:
-            if opts.fail_on_data_loss:
-                raise KafkaSourceError(
-                    f"{part.topic}[{part.partition}] offsets {start}..{low - 1} were deleted by "
-                    "retention before they were read; set failOnDataLoss=false to skip them"
-                )
-            start = low
-        consumer.assign([TopicPartition(part.topic, part.partition, start)])
-        yield from _drain(consumer, part, start)
+        consumer.assign([TopicPartition(t, p, lo) for t, p, lo, _ in task.ranges])
+        yield from _drain(consumer, task)
     finally:
         consumer.close()
 
 
-def _drain(consumer: Consumer, part: KafkaOffsetRange, start: int) -> Iterator[pa.RecordBatch]:
-    import time
-
-    position = start
+def _drain(consumer: Consumer, task: KafkaReadTask) -> Iterator[pa.RecordBatch]:
+    opts = task.options
+    ends = {(t, p): hi for t, p, _, hi in task.ranges}
+    positions = {(t, p): lo for t, p, lo, _ in task.ranges}
+    remaining = task.records
     idle_since = time.monotonic()
-    while position < part.end:
-        messages = consumer.consume(min(10_000, part.end - position), timeout=0.5)
-        keys: list[bytes | None] = []
-        values: list[bytes | None] = []
-        offsets: list[int] = []
-        stamps: list[int | None] = []
+    while remaining > 0:
+        messages = consumer.consume(min(10_000, remaining), timeout=0.5)
+        columns = _Columns()
         for msg in messages:
+            tp = (msg.topic() or "", msg.partition() or 0)
             err = msg.error()
             if err is not None:
-                raise KafkaSourceError(
-                    f"reading {part.topic}[{part.partition}] at offset {position}: {err.str()}"
-                )
+                _on_read_error(consumer, err, tp, positions, opts)
+                continue
             offset = msg.offset()
-            if offset >= part.end:
-                position = part.end
-                break
-            ts_type, ts = msg.timestamp()
-            keys.append(msg.key())
-            values.append(msg.value())
-            offsets.append(offset)
-            stamps.append(ts * 1000 if ts_type else None)
-            position = offset + 1
-        if offsets:
+            if offset is None or offset < positions[tp]:
+                continue  # re-delivered after a seek
+            if offset >= ends[tp]:
+                positions[tp] = ends[tp]
+                consumer.pause([TopicPartition(*tp)])
+                continue
+            columns.add(msg, tp, offset)
+            positions[tp] = offset + 1
+            if offset + 1 == ends[tp]:
+                consumer.pause([TopicPartition(*tp)])  # don't fetch past the planned end
+        if columns.offsets:
             idle_since = time.monotonic()
-            yield _to_batch(part, keys, values, offsets, stamps)
-            continue
-        # Offsets may be skipped (transaction markers, compaction): trust the fetch position.
-        fetched = consumer.position([TopicPartition(part.topic, part.partition)])[0].offset
-        if fetched >= part.end:
-            break
-        if time.monotonic() - idle_since > part.options.poll_timeout_s:
+            yield columns.to_batch()
+        else:
+            # Offsets may be skipped (transaction markers, compaction): trust fetch positions.
+            for tp_pos in consumer.position([TopicPartition(*tp) for tp in ends]):
+                key = (tp_pos.topic, tp_pos.partition)
+                if tp_pos.offset >= ends[key]:
+                    positions[key] = ends[key]
+        remaining = sum(max(0, ends[tp] - positions[tp]) for tp in ends)
+        if remaining and time.monotonic() - idle_since > opts.poll_timeout_s:
+            behind = {
+                f"{t}[{p}]": f"{positions[(t, p)]}..{ends[(t, p)] - 1}"
+                for t, p in ends
+                if positions[(t, p)] < ends[(t, p)]
+            }
             raise KafkaSourceError(
-                f"no records from {part.topic}[{part.partition}] for "
-                f"{part.options.poll_timeout_s:.0f}s while reading offsets {position}..{part.end - 1} "
-                f"from {part.options.bootstrap_servers}; is the broker up? (pollTimeoutMs)"
+                f"no records for {opts.poll_timeout_s:.0f}s from {opts.bootstrap_servers} while "
+                f"reading {behind}; is the broker up? (pollTimeoutMs)"
             )
 
 
-def _to_batch(
-    part: KafkaOffsetRange,
-    keys: list[bytes | None],
-    values: list[bytes | None],
-    offsets: list[int],
-    stamps: list[int | None],
-) -> pa.RecordBatch:
-    n = len(offsets)
-    return pa.RecordBatch.from_arrays(
-        [
-            _utf8(keys),
-            _utf8(values),
-            pa.array([part.topic] * n, pa.string()),
-            pa.array([part.partition] * n, pa.int32()),
-            pa.array(offsets, pa.int64()),
-            pa.array(stamps, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        ],
-        schema=_ARROW_SCHEMA,
-    )
+def _on_read_error(
+    consumer: Consumer,
+    err: KafkaError,
+    tp: tuple[str, int],
+    positions: dict[tuple[str, int], int],
+    opts: KafkaSourceOptions,
+) -> None:
+    if err.code() not in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+        raise KafkaSourceError(
+            f"reading {tp[0]}[{tp[1]}] at offset {positions.get(tp)}: {err.str()}"
+        )
+    low, _ = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=opts.metadata_timeout_s)
+    if opts.fail_on_data_loss:
+        raise KafkaSourceError(
+            f"{tp[0]}[{tp[1]}] offsets {positions[tp]}..{low - 1} were deleted by retention "
+            "before they were read; set failOnDataLoss=false (kafka.consumer.fail_on_data_loss) "
+            "to skip them"
+        )
+    positions[tp] = max(positions[tp], low)
+    consumer.seek(TopicPartition(tp[0], tp[1], positions[tp]))
+
+
+class _Columns:
+    """Record fields gathered column by column, then turned into one Arrow batch."""
+
+    def __init__(self) -> None:
+        self.keys: list[bytes | None] = []
+        self.values: list[bytes | None] = []
+        self.topics: list[str] = []
+        self.partitions: list[int] = []
+        self.offsets: list[int] = []
+        self.stamps: list[int | None] = []
+
+    def add(self, msg: Any, tp: tuple[str, int], offset: int) -> None:
+        ts_type, ts = msg.timestamp()
+        self.keys.append(msg.key())
+        self.values.append(msg.value())
+        self.topics.append(tp[0])
+        self.partitions.append(tp[1])
+        self.offsets.append(offset)
+        self.stamps.append(ts * 1000 if ts_type else None)
+
+    def to_batch(self) -> pa.RecordBatch:
+        return pa.RecordBatch.from_arrays(
+            [
+                _utf8(self.keys),
+                _utf8(self.values),
+                pa.array(self.topics, pa.string()),
+                pa.array(self.partitions, pa.int32()),
+                pa.array(self.offsets, pa.int64()),
+                pa.array(self.stamps, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            ],
+            schema=_ARROW_SCHEMA,
+        )
 
 
 def _utf8(raw: list[bytes | None]) -> pa.Array:

@@ -23,12 +23,6 @@ class StreamingJobError(RuntimeError):
     """A streaming query failed; the message carries Spark's reason without the JVM stack."""
 
 
-def trigger_kwargs(trigger: TriggerSettings) -> dict[str, object]:
-    if trigger.mode == "available-now":
-        return {"availableNow": True}
-    return {"processingTime": trigger.interval}
-
-
 def start_table_stream(
     frame: DataFrame,
     *,
@@ -38,13 +32,16 @@ def start_table_stream(
     trigger: TriggerSettings,
 ) -> StreamingQuery:
     """Start ``frame`` into ``handler`` with the checkpoint at ``<checkpoint root>/<table>``."""
-    return (
+    writer = (
         frame.writeStream.queryName(table.replace(".", "_"))
         .option("checkpointLocation", catalog.checkpoint(table))
-        .trigger(**trigger_kwargs(trigger))  # type: ignore[arg-type]
         .foreachBatch(handler)
-        .start()
     )
+    if trigger.mode == "available-now":
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=trigger.interval)
+    return writer.start()
 
 
 def await_query(
@@ -52,7 +49,7 @@ def await_query(
     *,
     on_progress: Callable[[StreamingQuery], None] | None = None,
     timeout_s: float | None = None,
-    poll_s: float = 0.5,
+    poll_s: int = 1,
 ) -> None:
     """Wait until the query ends (available-now) or ``timeout_s`` passes / Ctrl-C (continuous).
 

@@ -28,6 +28,7 @@ def kafka_stream(
         spark.readStream.format(FORMAT)
         .option("subscribe", ",".join(topics))
         .option("startingOffsets", starting_offsets or consumer.starting_offsets)
+        .option("minPartitions", str(consumer.min_partitions))
         .option("maxRecordsPerPartition", str(consumer.max_records_per_partition))
         .option("pollTimeoutMs", str(int(consumer.poll_timeout_s * 1000)))
         .option("metadataTimeoutMs", str(int(consumer.metadata_timeout_s * 1000)))

@@ -29,6 +29,7 @@ def publish_clickstream(
     events: int,
     kafka: KafkaSettings,
     bootstrap_servers: str,
+    *,
     on_progress: Callable[[int], None] | None = None,
     flush_timeout_s: float = 120.0,
 ) -> PublishResult:

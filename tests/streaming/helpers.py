@@ -8,7 +8,9 @@ from pipelines.config import Settings
 from pipelines.streaming.kafka import EventProducer
 
 
-def produce(settings: Settings, bootstrap: str, topic: str, n: int, start: int = 0) -> list[tuple[str, str]]:
+def produce(
+    settings: Settings, bootstrap: str, topic: str, n: int, start: int = 0
+) -> list[tuple[str, str]]:
     """Produce ``n`` messages ``(key, value)`` to ``topic``; returns what was sent."""
     sent = []
     producer = EventProducer(settings.kafka, bootstrap)

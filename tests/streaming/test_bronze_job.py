@@ -20,7 +20,9 @@ pytestmark = pytest.mark.streaming
 
 def small_batches(settings: Settings, cap: int = 250) -> Settings:
     consumer = settings.kafka.consumer.model_copy(update={"max_offsets_per_trigger": cap})
-    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"consumer": consumer})})
+    return settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"consumer": consumer})}
+    )
 
 
 def test_bronze_lands_every_record_once_and_a_rerun_adds_nothing(

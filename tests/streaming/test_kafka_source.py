@@ -24,14 +24,19 @@ def capped(settings: Settings, cap: int) -> Settings:
     consumer = settings.kafka.consumer.model_copy(
         update={"max_offsets_per_trigger": cap, "max_records_per_partition": 200}
     )
-    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"consumer": consumer})})
+    return settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"consumer": consumer})}
+    )
 
 
 def collecting_query(
     frame: DataFrame, checkpoint: Path, batches: dict[int, list[tuple[Any, ...]]], **trigger: Any
 ) -> Any:
     def keep(batch_df: DataFrame, batch_id: int) -> None:
-        rows = [tuple(r) for r in batch_df.select("topic", "partition", "offset", "key", "value").collect()]
+        rows = [
+            tuple(r)
+            for r in batch_df.select("topic", "partition", "offset", "key", "value").collect()
+        ]
         if batch_id in batches:  # a replayed batch must read exactly the same records
             assert sorted(batches[batch_id]) == sorted(rows)
         batches[batch_id] = rows
@@ -76,7 +81,10 @@ def test_stop_and_restart_mid_stream_loses_and_duplicates_nothing(
     batches: dict[int, list[tuple[Any, ...]]] = {}
 
     first = collecting_query(
-        kafka_stream(spark, settings, bootstrap, [topic]), checkpoint, batches, processingTime="0 seconds"
+        kafka_stream(spark, settings, bootstrap, [topic]),
+        checkpoint,
+        batches,
+        processingTime="0 seconds",
     )
     deadline = time.monotonic() + 60
     while len(batches) < 3 and time.monotonic() < deadline:
@@ -95,10 +103,12 @@ def test_stop_and_restart_mid_stream_loses_and_duplicates_nothing(
     assert sum(contiguous([(t, p, o) for t, p, o, _, _ in rows]).values()) == 1_500
     assert sorted((k, v) for _, _, _, k, v in rows) == sorted(sent)
     # The checkpoint's last committed source offsets are exactly the end of every partition.
-    last = max((checkpoint / "offsets").iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)
+    last = max(
+        (checkpoint / "offsets").iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1
+    )
     source_offsets = json.loads(last.read_text().splitlines()[-1])
     ends: dict[str, int] = {}
-    for t, p, o, _, _ in rows:
+    for _, p, o, _, _ in rows:
         ends[str(p)] = max(ends.get(str(p), 0), o + 1)
     assert source_offsets == {topic: ends}
 
@@ -111,7 +121,8 @@ def test_unreachable_broker_is_a_clear_error(spark: SparkSession, tmp_path: Path
         KafkaStreamReader(options).initialOffset()
 
     settings = make_settings(
-        tmp_path, kafka={"bootstrap_servers": "127.0.0.1:9", "consumer": {"metadata_timeout_s": 1.5}}
+        tmp_path,
+        kafka={"bootstrap_servers": "127.0.0.1:9", "consumer": {"metadata_timeout_s": 1.5}},
     )
     frame = kafka_stream(spark, settings, "127.0.0.1:9", ["t"])
     batches: dict[int, list[tuple[Any, ...]]] = {}

@@ -9,14 +9,24 @@ from pipelines.config import ConfigError
 
 def test_logical_table_names_become_view_names() -> None:
     views = {"bronze.events_raw": "bronze_events_raw"}
-    sql = "SELECT b.topic FROM bronze.events_raw b JOIN `bronze.events_raw` c WHERE x.bronze.events_raw = 1"
-    assert rewrite_table_names(sql, views) == (
-        "SELECT b.topic FROM bronze_events_raw b JOIN `bronze.events_raw` c WHERE x.bronze.events_raw = 1"
+    sql = (
+        "SELECT * FROM bronze.events_raw b JOIN `bronze.events_raw` c WHERE x.bronze.events_raw = 1"
     )
+    expected = (
+        "SELECT * FROM bronze_events_raw b JOIN `bronze.events_raw` c WHERE x.bronze.events_raw = 1"
+    )
+    assert rewrite_table_names(sql, views) == expected
 
 
-@pytest.mark.parametrize(("text", "expected"), [("5s", "5 seconds"), ("500ms", "500 milliseconds"),
-                                                ("1m", "1 minutes"), ("10 seconds", "10 seconds")])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("5s", "5 seconds"),
+        ("500ms", "500 milliseconds"),
+        ("1m", "1 minutes"),
+        ("10 seconds", "10 seconds"),
+    ],
+)
 def test_processing_time_intervals(text: str, expected: str) -> None:
     assert _normalise_interval(text) == expected
 
@@ -28,9 +38,18 @@ def test_bad_interval_is_a_config_error() -> None:
 
 def test_every_command_has_help() -> None:
     runner = CliRunner()
-    for args in (["--help"], ["kafka", "serve", "--help"], ["kafka", "topics", "--help"], ["generate", "--help"],
-                 ["run", "bronze", "--help"], ["tables", "--help"], ["sql", "--help"], ["contracts", "check", "--help"],
-                 ["demo", "--help"], ["bench", "bronze", "--help"]):
+    for args in (
+        ["--help"],
+        ["kafka", "serve", "--help"],
+        ["kafka", "topics", "--help"],
+        ["generate", "--help"],
+        ["run", "bronze", "--help"],
+        ["tables", "--help"],
+        ["sql", "--help"],
+        ["contracts", "check", "--help"],
+        ["demo", "--help"],
+        ["bench", "bronze", "--help"],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
         assert "Usage" in result.output

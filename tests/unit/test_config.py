@@ -23,7 +23,8 @@ spark:
 def conf_dir(tmp_path: Path) -> Path:
     (tmp_path / "base.yaml").write_text(BASE)
     (tmp_path / "dev.yaml").write_text(
-        "storage:\n  root: ${DATA_ROOT:-/data/dev}\nkafka:\n  consumer:\n    max_offsets_per_trigger: 7\n"
+        "storage:\n  root: ${DATA_ROOT:-/data/dev}\n"
+        "kafka:\n  consumer:\n    max_offsets_per_trigger: 7\n"
     )
     (tmp_path / "secure.yaml").write_text(
         "kafka:\n  security:\n    protocol: SASL_SSL\n    sasl_password: ${KAFKA_PASSWORD}\n"
@@ -44,14 +45,20 @@ def test_env_file_overlays_base_key_by_key(conf_dir: Path) -> None:
 
 def test_overrides_win_over_env_file(conf_dir: Path) -> None:
     settings = load_settings(
-        "dev", conf_dir=conf_dir, overrides={"kafka": {"consumer": {"max_offsets_per_trigger": 3}}}, environ={}
+        "dev",
+        conf_dir=conf_dir,
+        overrides={"kafka": {"consumer": {"max_offsets_per_trigger": 3}}},
+        environ={},
     )
     assert settings.kafka.consumer.max_offsets_per_trigger == 3
     assert settings.kafka.consumer.poll_timeout_s == 5
 
 
 def test_env_variables_are_interpolated_with_defaults(conf_dir: Path) -> None:
-    assert load_settings("dev", conf_dir=conf_dir, environ={"DATA_ROOT": "/mnt/x"}).storage.root == "/mnt/x"
+    assert (
+        load_settings("dev", conf_dir=conf_dir, environ={"DATA_ROOT": "/mnt/x"}).storage.root
+        == "/mnt/x"
+    )
     assert load_settings("dev", conf_dir=conf_dir, environ={}).storage.root == "/data/dev"
 
 
@@ -86,7 +93,12 @@ def test_unknown_environment_lists_the_known_ones(conf_dir: Path) -> None:
 
 def test_bad_value_is_explained(conf_dir: Path) -> None:
     with pytest.raises(ConfigError, match=r"streaming.trigger.interval: .*not a duration"):
-        load_settings("dev", conf_dir=conf_dir, overrides={"streaming": {"trigger": {"interval": "soon"}}}, environ={})
+        load_settings(
+            "dev",
+            conf_dir=conf_dir,
+            overrides={"streaming": {"trigger": {"interval": "soon"}}},
+            environ={},
+        )
 
 
 def test_repository_environments_load() -> None:
@@ -102,7 +114,7 @@ def test_repository_environments_load() -> None:
     prod = load_settings("prod", conf_dir=conf, environ=prod_env)
     assert prod.storage.root == "s3://bucket/lake"
     assert prod.streaming.trigger.mode == "processing-time"
-    with pytest.raises(ConfigError, match="KAFKA_BOOTSTRAP_SERVERS|LAKEHOUSE_STORAGE_ROOT"):
+    with pytest.raises(ConfigError, match=r"KAFKA_BOOTSTRAP_SERVERS|LAKEHOUSE_STORAGE_ROOT"):
         load_settings("prod", conf_dir=conf, environ={})
 
 

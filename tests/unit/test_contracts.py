@@ -38,16 +38,29 @@ def event(event_type: str = "purchase", **changes: Any) -> dict[str, Any]:
         "session_id": "5b2a0c9e-2f44-4c41-8d0a-0f1f4e6c7a10",
         "timestamp": NOW_MS - 60_000,
         "schema_version": 1,
-        "context": {"page": "/p/item-1", "referrer": None, "device": "mobile",
-                    "user_agent": "Mozilla/5.0", "locale": "en-US"},
+        "context": {
+            "page": "/p/item-1",
+            "referrer": None,
+            "device": "mobile",
+            "user_agent": "Mozilla/5.0",
+            "locale": "en-US",
+        },
     }
     per_type: dict[str, dict[str, Any]] = {
-        "page_view": {"item_id": "item-1", "properties": {"page_type": "product", "category": "books"}},
+        "page_view": {
+            "item_id": "item-1",
+            "properties": {"page_type": "product", "category": "books"},
+        },
         "click": {"item_id": "item-1", "properties": {"position": 2, "list_type": "search"}},
         "search": {"properties": {"query": "red shoes", "result_count": 12}},
-        "add_to_cart": {"item_id": "item-1", "properties": {"quantity": 1, "price": 9.5, "currency": "EUR"}},
-        "purchase": {"item_id": "item-1", "properties": {"order_id": "o-1", "revenue": 19.0,
-                                                         "currency": "EUR", "quantity": 2}},
+        "add_to_cart": {
+            "item_id": "item-1",
+            "properties": {"quantity": 1, "price": 9.5, "currency": "EUR"},
+        },
+        "purchase": {
+            "item_id": "item-1",
+            "properties": {"order_id": "o-1", "revenue": 19.0, "currency": "EUR", "quantity": 2},
+        },
     }
     base.update(per_type[event_type])
     base.update(changes)
@@ -98,8 +111,10 @@ def test_envelope_is_shared_not_retyped(registry: ContractRegistry) -> None:
         (event() | {"event_type": "wishlist_add"}, {"unknown_event_type"}),
         (event(schema_version=9), {"unknown_schema_version"}),
         (event(timestamp=NOW_MS + 86_400_000), {"timestamp_in_future"}),
-        (event(properties={"order_id": "o", "revenue": "12", "currency": "EUR", "quantity": 1}),
-         {"type:properties.revenue"}),
+        (
+            event(properties={"order_id": "o", "revenue": "12", "currency": "EUR", "quantity": 1}),
+            {"type:properties.revenue"},
+        ),
         (event(context={"device": "phone"}), {"enum:context.device"}),
         (event(coupon="X"), {"unknown_field:coupon"}),
         ([1, 2], {"not_an_object"}),
@@ -128,20 +143,35 @@ def test_unknown_type_and_version_lookups_raise(registry: ContractRegistry) -> N
 
 
 def test_purchase_spark_schema_is_derived_exactly(registry: ContractRegistry) -> None:
-    context = StructType([StructField(n, StringType()) for n in
-                          ("page", "referrer", "device", "user_agent", "locale", "ip")])
-    properties = StructType([
-        StructField("order_id", StringType()), StructField("revenue", DoubleType()),
-        StructField("currency", StringType()), StructField("quantity", LongType()),
-        StructField("category", StringType()),
-    ])
-    expected = StructType([
-        StructField("event_id", StringType()), StructField("event_type", StringType()),
-        StructField("user_id", StringType()), StructField("session_id", StringType()),
-        StructField("timestamp", StringType()), StructField("received_at", StringType()),
-        StructField("item_id", StringType()), StructField("context", context),
-        StructField("schema_version", LongType()), StructField("properties", properties),
-    ])
+    context = StructType(
+        [
+            StructField(n, StringType())
+            for n in ("page", "referrer", "device", "user_agent", "locale", "ip")
+        ]
+    )
+    properties = StructType(
+        [
+            StructField("order_id", StringType()),
+            StructField("revenue", DoubleType()),
+            StructField("currency", StringType()),
+            StructField("quantity", LongType()),
+            StructField("category", StringType()),
+        ]
+    )
+    expected = StructType(
+        [
+            StructField("event_id", StringType()),
+            StructField("event_type", StringType()),
+            StructField("user_id", StringType()),
+            StructField("session_id", StringType()),
+            StructField("timestamp", StringType()),
+            StructField("received_at", StringType()),
+            StructField("item_id", StringType()),
+            StructField("context", context),
+            StructField("schema_version", LongType()),
+            StructField("properties", properties),
+        ]
+    )
     assert event_spark_schema(registry.get("purchase")) == expected
 
 
@@ -174,12 +204,16 @@ def test_unified_schema_holds_every_type_s_properties(registry: ContractRegistry
     props = unified["properties"].dataType
     assert isinstance(props, StructType)
     for contract in registry.latest():
-        assert set(event_spark_schema(contract)["properties"].dataType.fieldNames()) <= set(props.fieldNames())
+        assert set(event_spark_schema(contract)["properties"].dataType.fieldNames()) <= set(
+            props.fieldNames()
+        )
 
 
 def test_conflicting_types_cannot_be_unified() -> None:
     with pytest.raises(ContractError, match="mixed"):
-        spark_type({"type": "object", "properties": {"a": {"type": ["string", "integer"]}}}, "mixed")
+        spark_type(
+            {"type": "object", "properties": {"a": {"type": ["string", "integer"]}}}, "mixed"
+        )
 
 
 # -- compatibility ----------------------------------------------------------------------------
@@ -201,8 +235,13 @@ def write_v2(schemas: Path, event_type: str, change: Any) -> Path:
 
 
 def test_added_optional_field_is_compatible(schemas: Path) -> None:
-    write_v2(schemas, "click", lambda s: s["properties"]["properties"]["properties"].update(
-        {"experiment": {"type": "string"}}))
+    write_v2(
+        schemas,
+        "click",
+        lambda s: s["properties"]["properties"]["properties"].update(
+            {"experiment": {"type": "string"}}
+        ),
+    )
     registry = ContractRegistry(schemas)
     report = check_compatibility(registry.get("click", 1), registry.get("click", 2))
     assert report.ok
@@ -210,7 +249,9 @@ def test_added_optional_field_is_compatible(schemas: Path) -> None:
 
 
 def test_removed_field_is_breaking(schemas: Path) -> None:
-    write_v2(schemas, "click", lambda s: s["properties"]["properties"]["properties"].pop("position"))
+    write_v2(
+        schemas, "click", lambda s: s["properties"]["properties"]["properties"].pop("position")
+    )
     registry = ContractRegistry(schemas)
     report = check_compatibility(registry.get("click", 1), registry.get("click", 2))
     assert report.breaking == ["removed field properties.position"]
@@ -236,8 +277,11 @@ def test_cli_contracts_check_exit_codes(schemas: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(app, ["contracts", "check", "--schemas-dir", str(schemas)])
     assert ok.exit_code == 0, ok.output
-    write_v2(schemas, "search", lambda s: s["properties"]["properties"]["properties"].update(
-        {"page": {"type": "integer"}}))
+    write_v2(
+        schemas,
+        "search",
+        lambda s: s["properties"]["properties"]["properties"].update({"page": {"type": "integer"}}),
+    )
     good = runner.invoke(app, ["contracts", "check", "search", "--schemas-dir", str(schemas)])
     assert good.exit_code == 0, good.output
     assert "compatible" in good.output
@@ -246,7 +290,9 @@ def test_cli_contracts_check_exit_codes(schemas: Path) -> None:
     doc["properties"]["properties"]["properties"].pop("result_count")
     doc["properties"]["properties"]["required"] = ["query"]
     candidate.write_text(json.dumps(doc))
-    bad = runner.invoke(app, ["contracts", "check", "--candidate", str(candidate), "--schemas-dir", str(schemas)])
+    bad = runner.invoke(
+        app, ["contracts", "check", "--candidate", str(candidate), "--schemas-dir", str(schemas)]
+    )
     assert bad.exit_code == 1, bad.output
     assert "removed field properties.result_count" in bad.output
     assert "v2 -> v3" in bad.output

@@ -7,7 +7,7 @@ from pipelines.streaming.kafka_source import (
     KafkaSourceOptions,
     bound_offsets,
     plan_end_offsets,
-    split_ranges,
+    plan_tasks,
 )
 
 
@@ -54,16 +54,43 @@ def test_available_now_target_bounds_later_data() -> None:
     assert bound_offsets({"t": {"0": 90, "1": 7}}, target, start) == {"t": {"0": 50, "1": 0}}
 
 
-def test_split_ranges_chunks_large_partitions() -> None:
-    ranges = split_ranges({"t": {"0": 0}}, {"t": {"0": 250, "1": 40}}, 100)
-    assert ranges == [("t", 0, 0, 100), ("t", 0, 100, 200), ("t", 0, 200, 250), ("t", 1, 0, 40)]
-    assert split_ranges({"t": {"0": 5}}, {"t": {"0": 5}}, 100) == []
+def test_tasks_pack_small_partitions_and_split_large_ones() -> None:
+    end = {"t": {"0": 250, "1": 40}, "u": {"0": 10}}
+    tasks = plan_tasks({"t": {"0": 0}}, end, min_tasks=2, max_records=100)
+    assert tasks == [
+        [("t", 0, 0, 100)],
+        [("t", 0, 100, 200)],
+        [("t", 0, 200, 250), ("t", 1, 0, 40), ("u", 0, 0, 10)],
+    ]
+    spread = plan_tasks({}, {"t": {"0": 10, "1": 10}}, min_tasks=4, max_records=100)
+    assert spread == [[("t", 0, 0, 5)], [("t", 0, 5, 10)], [("t", 1, 0, 5)], [("t", 1, 5, 10)]]
+    assert plan_tasks({"t": {"0": 5}}, {"t": {"0": 5}}, 2, 100) == []
+
+
+def test_tasks_cover_every_offset_exactly_once() -> None:
+    start = {f"t{i}": {str(p): p * 3 for p in range(5)} for i in range(4)}
+    end = {f"t{i}": {str(p): p * 3 + 17 * (i + 1) for p in range(5)} for i in range(4)}
+    tasks = plan_tasks(start, end, min_tasks=3, max_records=60)
+    covered = sorted((t, p, o) for task in tasks for t, p, lo, hi in task for o in range(lo, hi))
+    expected = sorted(
+        (t, int(p), o) for t in end for p in end[t] for o in range(start[t][p], end[t][p])
+    )
+    assert covered == expected
+    sizes = [sum(hi - lo for *_, lo, hi in task) for task in tasks]
+    assert max(sizes) <= 60
+    assert len(tasks) >= 3
+    assert max(sizes) - min(sizes) <= max(sizes) // 2  # balanced
 
 
 def test_options_are_parsed_and_checked() -> None:
     opts = KafkaSourceOptions.parse(
-        {"kafka.bootstrap.servers": "h:1", "subscribe": "a, b,a", "maxOffsetsPerTrigger": "500",
-         "startingOffsets": '{"a": {"0": 3}}', "kafka.security.protocol": "SSL"}
+        {
+            "kafka.bootstrap.servers": "h:1",
+            "subscribe": "a, b,a",
+            "maxOffsetsPerTrigger": "500",
+            "startingOffsets": '{"a": {"0": 3}}',
+            "kafka.security.protocol": "SSL",
+        }
     )
     assert opts.topics == ("a", "b")
     assert opts.max_offsets_per_trigger == 500
@@ -79,8 +106,14 @@ def test_options_are_parsed_and_checked() -> None:
     [
         ({"subscribe": "a"}, "kafka.bootstrap.servers"),
         ({"kafka.bootstrap.servers": "h:1"}, "subscribe"),
-        ({"kafka.bootstrap.servers": "h:1", "subscribe": "a", "startingOffsets": "yesterday"}, "startingOffsets"),
-        ({"kafka.bootstrap.servers": "h:1", "subscribe": "a", "maxOffsetsPerTrigger": "0"}, "positive"),
+        (
+            {"kafka.bootstrap.servers": "h:1", "subscribe": "a", "startingOffsets": "yesterday"},
+            "startingOffsets",
+        ),
+        (
+            {"kafka.bootstrap.servers": "h:1", "subscribe": "a", "maxOffsetsPerTrigger": "0"},
+            "positive",
+        ),
     ],
 )
 def test_bad_options_fail_with_the_option_named(options: dict[str, str], message: str) -> None:

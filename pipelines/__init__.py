@@ -1,0 +1,1 @@
+"""Streaming lakehouse for real-time recommendations: Kafka -> Spark -> Delta."""

@@ -1,0 +1,145 @@
+"""The CLI end to end, as a user runs it: real subprocesses, real JVMs, the embedded broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+LAKEHOUSE = str(Path(sys.executable).with_name("lakehouse"))
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli_env(data: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")}
+    return env | {
+        "LAKEHOUSE_ENV": "test",
+        "LAKEHOUSE_DATA": str(data),
+        "LAKEHOUSE_CONF_DIR": str(REPO / "conf"),
+    }
+
+
+def run(data: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [LAKEHOUSE, *args],
+        check=False,
+        env=cli_env(data),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=data.parent,
+    )
+
+
+def last_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_demo_json_lands_every_produced_message_in_bronze(tmp_path: Path) -> None:
+    data = tmp_path / "lake"
+    summary = last_json(run(data, "demo", "--json"))
+    kafka, bronze = summary["kafka"], summary["bronze"]
+    assert kafka["produced"] == 5_000  # conf/test.yaml demo.events
+    assert kafka["failed"] == 0
+    assert bronze["rows"] == kafka["produced"]
+    assert bronze["rows_per_topic"] == kafka["produced_per_topic"]
+    assert set(kafka["produced_per_topic"]) == {
+        "page_views",
+        "user_clicks",
+        "search_queries",
+        "add_to_carts",
+        "purchase_events",
+    }
+    bad = kafka["generated"]["by_kind"]
+    assert 50 <= sum(bad.values()) <= 150  # ~2 % of 5,000
+    assert bronze["table_version"] >= 1
+    assert summary["matches"] is True
+
+    tables = last_json(run(data, "tables", "--json"))["tables"]
+    (info,) = [t for t in tables if t["name"] == "bronze.events_raw"]
+    assert (info["rows"], info["version"]) == (5_000, bronze["table_version"])
+
+    counted = last_json(
+        run(
+            data,
+            "sql",
+            "SELECT topic, count(*) AS n FROM bronze.events_raw GROUP BY topic",
+            "--json",
+        )
+    )
+    assert {r["topic"]: r["n"] for r in counted["rows"]} == kafka["produced_per_topic"]
+
+
+@pytest.fixture
+def served_broker(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    data = tmp_path / "lake"
+    proc = subprocess.Popen(
+        [LAKEHOUSE, "kafka", "serve"],
+        env=cli_env(data),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "embedded Kafka broker listening on 127.0.0.1:" in first, first + proc.stderr.read()
+        yield data, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_serve_generate_bronze_and_clean_shutdown(
+    served_broker: tuple[Path, subprocess.Popen[str]],
+) -> None:
+    data, proc = served_broker
+    generated = last_json(
+        run(data, "generate", "--events", "2000", "--bad-fraction", "0.05", "--json")
+    )
+    assert generated["produced"] == 2_000
+    assert sum(generated["generated"]["by_kind"].values()) == 2_000 - generated["generated"]["good"]
+
+    topics = last_json(run(data, "kafka", "topics", "--json"))["topics"]
+    assert sum(t["messages"] for t in topics) == 2_000
+
+    first = last_json(run(data, "run", "bronze", "--available-now", "--json"))
+    assert first["rows_written"] == 2_000
+    again = last_json(run(data, "run", "bronze", "--available-now", "--json"))
+    assert again["rows_written"] == 0
+    assert again["table_version"] == first["table_version"]
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0
+    assert not (data / "_embedded_kafka.json").exists()
+
+    gone = run(data, "run", "bronze", "--available-now")
+    assert gone.returncode == 1
+    assert "lakehouse kafka serve" in gone.stderr
+
+
+def test_bad_arguments_exit_non_zero_with_the_fix(tmp_path: Path) -> None:
+    data = tmp_path / "lake"
+    both = run(data, "run", "bronze", "--available-now", "--processing-time", "5s")
+    assert both.returncode == 2
+    assert "choose one of --available-now and --processing-time" in both.stderr
+
+    bad_env = run(data, "tables", "--env", "staging")
+    assert bad_env.returncode == 2
+    assert "unknown environment 'staging'" in bad_env.stderr
+
+    missing = run(data, "sql", "SELECT * FROM silver.nope")
+    assert missing.returncode == 1
+    assert "tables: none yet" in missing.stderr
