@@ -363,6 +363,49 @@ def tables(env: EnvOption = None, as_json: JsonOption = False) -> None:
     out.print(table)
 
 
+@app.command("history")
+@friendly_errors
+def history(
+    table: Annotated[str, typer.Argument(help="Table name, e.g. bronze.events_raw.")],
+    limit: Annotated[int, typer.Option(min=1, help="Most recent commits to show.")] = 20,
+    env: EnvOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a table's Delta commits: version, time, operation, rows added, streaming batch."""
+    settings = _settings(env)
+    commits = Catalog(settings.storage).history(table, limit)
+    rows = [
+        {
+            "version": c.get("version"),
+            "timestamp": c.get("timestamp"),
+            "operation": c.get("operation"),
+            "rows_added": (c.get("operationMetrics") or {}).get("num_added_rows"),
+            "files_added": (c.get("operationMetrics") or {}).get("num_added_files"),
+            "batch_id": c.get("lakehouse.batch_id"),
+            "app_id": c.get("lakehouse.app_id"),
+        }
+        for c in commits
+    ]
+    if as_json:
+        print(json.dumps({"table": table, "commits": rows}))
+        return
+    out_table = Table(
+        "version", "committed", "operation", "rows added", "files", "batch", title=table
+    )
+    for row in rows:
+        stamp = row["timestamp"]
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stamp / 1000)) if stamp else "-"
+        out_table.add_row(
+            str(row["version"]),
+            when,
+            str(row["operation"]),
+            str(row["rows_added"] or "-"),
+            str(row["files_added"] or "-"),
+            str(row["batch_id"] or "-"),
+        )
+    out.print(out_table)
+
+
 @app.command("sql")
 @friendly_errors
 def sql(

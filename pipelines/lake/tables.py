@@ -11,15 +11,9 @@ from functools import cached_property
 
 import pyarrow as pa
 from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.types import (
-    DateType,
-    IntegerType,
-    LongType,
-    StringType,
-    StructField,
-    StructType,
-    TimestampType,
-)
+from pyspark.sql.types import DateType, StructField, StructType, TimestampType
+
+from pipelines.streaming.kafka_source import KAFKA_SOURCE_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -61,11 +55,7 @@ BRONZE_EVENTS_RAW = TableSpec(
     name="bronze.events_raw",
     schema=StructType(
         [
-            StructField("key", StringType(), True),
-            StructField("value", StringType(), True),
-            StructField("topic", StringType(), False),
-            StructField("partition", IntegerType(), False),
-            StructField("offset", LongType(), False),
+            *(f for f in KAFKA_SOURCE_SCHEMA.fields if f.name != "timestamp"),
             StructField("kafka_timestamp", TimestampType(), True),
             StructField("ingest_ts", TimestampType(), False),
             StructField("ingest_date", DateType(), False),

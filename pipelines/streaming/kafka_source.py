@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.streaming.datasource import (
     ReadAllAvailable,
     ReadLimit,
@@ -51,16 +52,7 @@ KAFKA_SOURCE_SCHEMA = StructType(
         StructField("timestamp", TimestampType(), True),
     ]
 )
-_ARROW_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string()),
-        pa.field("value", pa.string()),
-        pa.field("topic", pa.string(), nullable=False),
-        pa.field("partition", pa.int32(), nullable=False),
-        pa.field("offset", pa.int64(), nullable=False),
-        pa.field("timestamp", pa.timestamp("us", tz="UTC")),
-    ]
-)
+_ARROW_SCHEMA = to_arrow_schema(KAFKA_SOURCE_SCHEMA, timezone="UTC")
 
 Offsets = dict[str, dict[str, int]]
 _CLIENT_PREFIX = "kafka."

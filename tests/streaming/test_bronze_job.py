@@ -9,9 +9,10 @@ from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines.bronze.job import run_bronze
-from pipelines.config import Settings
+from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import BRONZE_EVENTS_RAW
+from pipelines.streaming.delta_sink import BatchWriteStats
 from pipelines.streaming.kafka import EmbeddedKafka, KafkaUnavailableError
 from tests.streaming.helpers import contiguous, produce
 
@@ -61,6 +62,44 @@ def test_bronze_lands_every_record_once_and_a_rerun_adds_nothing(
     more = run_bronze(spark, settings, bootstrap)
     assert more.stats.rows_written == 120
     assert catalog.info(BRONZE_EVENTS_RAW.name).rows == 1_120
+    # Time travel: the version of the first run still reads exactly its 1,000 rows.
+    assert catalog.read(spark, BRONZE_EVENTS_RAW.name, version=version).count() == 1_000
+    commits = catalog.history(BRONZE_EVENTS_RAW.name)
+    assert [c["lakehouse.batch_id"] for c in commits if "lakehouse.batch_id" in c] == [
+        "4",
+        "3",
+        "2",
+        "1",
+        "0",
+    ]
+
+
+def test_continuous_trigger_picks_up_new_data_until_stopped(
+    spark: SparkSession, lake_settings: Settings, kafka_broker: EmbeddedKafka
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = lake_settings.kafka.topics.add_to_cart
+    produce(lake_settings, bootstrap, topic, 200)
+    produced_more: list[bool] = []
+
+    def produce_more_once(query: object, stats: BatchWriteStats) -> None:
+        # After the first 200 landed, 50 more arrive while the query keeps running.
+        if stats.rows_written >= 200 and not produced_more:
+            produced_more.append(True)
+            produce(lake_settings, bootstrap, topic, 50, start=200)
+
+    run = run_bronze(
+        spark,
+        lake_settings,
+        bootstrap,
+        trigger=TriggerSettings(mode="processing-time", interval="1 second"),
+        on_progress=produce_more_once,
+        timeout_s=12,
+    )
+    assert produced_more == [True]
+    assert run.stats.rows_written == 250
+    assert run.stats.batches_written >= 2
+    assert spark.streams.active == []
 
 
 def test_batch_already_committed_before_a_crash_is_skipped_on_replay(

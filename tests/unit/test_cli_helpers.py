@@ -45,6 +45,7 @@ def test_every_command_has_help() -> None:
         ["generate", "--help"],
         ["run", "bronze", "--help"],
         ["tables", "--help"],
+        ["history", "--help"],
         ["sql", "--help"],
         ["contracts", "check", "--help"],
         ["demo", "--help"],
