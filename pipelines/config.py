@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -159,6 +160,59 @@ class StreamingSettings(_Model):
     trigger: TriggerSettings = TriggerSettings()
 
 
+_DURATION = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|seconds?|m|minutes?|h|hours?|d|days?)\s*$"
+)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"30 minutes"``, ``"7 days"``, ``"500ms"`` … as a timedelta (ValueError otherwise)."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration; use e.g. '30 minutes', '7 days', '500ms'")
+    value, unit = float(match.group(1)), match.group(2)
+    key = "ms" if unit.startswith("milli") or unit == "ms" else unit[0]
+    return timedelta(seconds=value * _UNIT_SECONDS[key])
+
+
+def sql_interval(text: str) -> str:
+    """A duration as a Spark SQL interval literal: ``INTERVAL 600 SECONDS``."""
+    return f"INTERVAL {parse_duration(text).total_seconds():g} SECONDS"
+
+
+class GreatExpectationsSettings(_Model):
+    enabled: bool = True
+    every_n_batches: int = Field(default=1, ge=1, description="Validate every N-th micro-batch.")
+    data_docs: bool = True
+
+
+class QualitySettings(_Model):
+    """The validation gates: rule files, time bounds, Great Expectations."""
+
+    rules_dir: str = Field(default="quality", description="Folder of rule files, under conf/.")
+    allowed_lateness: str = "7 days"
+    max_future_skew: str = "5 minutes"
+    great_expectations: GreatExpectationsSettings = GreatExpectationsSettings()
+
+    @field_validator("allowed_lateness", "max_future_skew")
+    @classmethod
+    def _is_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class SilverSettings(_Model):
+    max_rows_per_trigger: int | None = Field(default=200_000, ge=1)
+    session_gap: str = "30 minutes"
+
+    @field_validator("session_gap")
+    @classmethod
+    def _is_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
 class EngineSettings(_Model):
     """Which adapter moves data in and out of Spark (see ARCHITECTURE.md, 'Engines')."""
 
@@ -192,7 +246,16 @@ class Settings(_Model):
     streaming: StreamingSettings = StreamingSettings()
     engines: EngineSettings = EngineSettings()
     spark: SparkSettings = SparkSettings()
+    quality: QualitySettings = QualitySettings()
+    silver: SilverSettings = SilverSettings()
     demo: DemoSettings = DemoSettings()
+    conf_dir: str = Field(
+        default="conf", description="Set by the loader: where the YAML came from."
+    )
+
+    @property
+    def rules_dir(self) -> Path:
+        return Path(self.conf_dir) / self.quality.rules_dir
 
 
 def load_settings(
@@ -228,6 +291,7 @@ def load_settings(
     if overrides:
         merged = deep_merge(merged, dict(overrides))
     merged["env"] = env
+    merged["conf_dir"] = str(folder.resolve())
     interpolated = _interpolate(merged, environ, path="")
     try:
         return Settings.model_validate(interpolated)

@@ -12,15 +12,18 @@ import copy
 import json
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
+import orjson
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
+from rfc3339_validator import validate_rfc3339
 
 SCHEMAS_DIR = Path(__file__).parent / "schemas"
 ENVELOPE = "envelope"
@@ -55,6 +58,18 @@ class EventContract:
     @cached_property
     def validator(self) -> Draft202012Validator:
         return Draft202012Validator(self.schema, format_checker=FormatChecker())
+
+    @cached_property
+    def fast_validator(self) -> Callable[[Any], Any]:
+        """The same schema compiled to Python code: ~15x faster, used only to *accept* events.
+
+        Formats are checked by the very functions jsonschema uses, so it never accepts what the
+        full validator rejects; anything it rejects is re-checked by the full validator, which
+        names every violation.
+        """
+        schema = {k: v for k, v in self.schema.items() if k not in ("$schema", "$id")}
+        validate: Callable[[Any], Any] = fastjsonschema.compile(schema, formats=_FORMATS)
+        return validate
 
     @property
     def required(self) -> list[str]:
@@ -129,6 +144,48 @@ class ContractRegistry:
         Beyond the JSON Schema, an event whose timestamp lies more than ``max_future_skew_ms``
         after ``now_ms`` (default: the wall clock) is rejected as ``timestamp_in_future``.
         """
+        violations = self.violations(event)
+        ts_ms = event_time_ms(event.get("timestamp")) if isinstance(event, Mapping) else None
+        if ts_ms is not None:
+            now_ms = _now_ms() if now_ms is None else now_ms
+            if ts_ms > now_ms + max_future_skew_ms:
+                violations.append(
+                    Violation(
+                        "timestamp_in_future",
+                        f"timestamp is {(ts_ms - now_ms) / 1000:.0f}s ahead of now "
+                        f"(allowed: {max_future_skew_ms / 1000:.0f}s)",
+                    )
+                )
+        return violations
+
+    def check_json(self, raw: str | bytes | None) -> list[Violation]:
+        """Contract violations of one raw message (no clock-dependent checks), fast.
+
+        Valid events, the vast majority, are accepted by the compiled validator; the rest go
+        through the full validator so that every violation is named.
+        """
+        if raw is None:
+            return [Violation("json_parse", "the message has no value")]
+        try:
+            event = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            event = _NOT_PARSED
+        if isinstance(event, dict):
+            contract = self._contract_of(event)
+            if contract is not None:
+                try:
+                    contract.fast_validator(event)
+                    return []
+                except fastjsonschema.JsonSchemaException:
+                    pass
+        try:
+            full = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return [Violation("json_parse", f"not valid JSON: {exc}")]
+        return self.violations(full)
+
+    def violations(self, event: Any) -> list[Violation]:
+        """JSON Schema violations of a parsed event against its type and version's contract."""
         if not isinstance(event, Mapping):
             return [
                 Violation("not_an_object", f"an event must be a JSON object, got {_kind(event)}")
@@ -158,17 +215,6 @@ class ContractRegistry:
         else:
             contract = self.get(event_type)  # report every other problem against the latest
         violations.extend(_violations(contract.validator, event))
-        ts_ms = event_time_ms(event.get("timestamp"))
-        if ts_ms is not None:
-            now_ms = _now_ms() if now_ms is None else now_ms
-            if ts_ms > now_ms + max_future_skew_ms:
-                violations.append(
-                    Violation(
-                        "timestamp_in_future",
-                        f"timestamp is {(ts_ms - now_ms) / 1000:.0f}s ahead of now "
-                        f"(allowed: {max_future_skew_ms / 1000:.0f}s)",
-                    )
-                )
         return violations
 
     def validate_json(self, raw: str | bytes, now_ms: int | None = None) -> list[Violation]:
@@ -178,6 +224,13 @@ class ContractRegistry:
         except (ValueError, UnicodeDecodeError) as exc:
             return [Violation("json_parse", f"not valid JSON: {exc}")]
         return self.validate(event, now_ms=now_ms)
+
+    def _contract_of(self, event: dict[str, Any]) -> EventContract | None:
+        event_type, version = event.get("event_type"), event.get("schema_version")
+        by_version = self._contracts.get(event_type) if isinstance(event_type, str) else None
+        if by_version is None or not isinstance(version, int) or isinstance(version, bool):
+            return None
+        return by_version.get(version)
 
     def _by_type(self, event_type: str) -> dict[int, EventContract]:
         if event_type not in self._contracts:
@@ -329,5 +382,14 @@ def _now_ms() -> int:
     return int(datetime.now(tz=UTC).timestamp() * 1000)
 
 
-def new_event_id() -> str:
-    return str(uuid.uuid4())
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+# The format checks jsonschema's FormatChecker applies to our contracts, shared with the fast path.
+_FORMATS: dict[str, Callable[[str], bool]] = {"uuid": _is_uuid, "date-time": validate_rfc3339}
+_NOT_PARSED = object()

@@ -125,11 +125,21 @@ class Catalog:
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         return list(self.delta_table(name).history(limit))
 
-    def read(self, spark: SparkSession, name: str, version: int | None = None) -> DataFrame:
-        """The table (at ``version``, default latest) as a Spark DataFrame."""
+    def read(
+        self,
+        spark: SparkSession,
+        name: str,
+        version: int | None = None,
+        partitions: list[tuple[str, str, Any]] | None = None,
+    ) -> DataFrame:
+        """The table (at ``version``, default latest) as a Spark DataFrame.
+
+        ``partitions`` prunes files by partition values before Spark sees them, e.g.
+        ``[("event_date", "in", ["2026-11-26"])]``.
+        """
         spec = table_spec(name)
         dt = self.delta_table(name, version)
-        files = dt.file_uris()
+        files = dt.file_uris(partitions) if partitions else dt.file_uris()
         columns = [f.name for f in spec.schema.fields]
         if not files:
             return spark.createDataFrame([], spec.schema)

@@ -11,7 +11,18 @@ from functools import cached_property
 
 import pyarrow as pa
 from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.types import DateType, StructField, StructType, TimestampType
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    DateType,
+    IntegerType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 from pipelines.streaming.kafka_source import KAFKA_SOURCE_SCHEMA
 
@@ -66,7 +77,124 @@ BRONZE_EVENTS_RAW = TableSpec(
     "broker timestamp and ingest time.",
 )
 
-TABLES: dict[str, TableSpec] = {spec.name: spec for spec in [BRONZE_EVENTS_RAW]}
+
+def _silver_events_schema() -> StructType:
+    # Typed event fields come from the event contract (every type and version, unified).
+    from pipelines.contracts import ContractRegistry, unified_event_schema
+
+    event = {f.name: f for f in unified_event_schema(ContractRegistry()).fields}
+    typed = [
+        event["event_id"],
+        event["event_type"],
+        event["user_id"],
+        event["session_id"],
+        StructField("event_ts", TimestampType(), True),
+        event["item_id"],
+        event["context"],
+        event["properties"],
+        event["schema_version"],
+        StructField("received_at", TimestampType(), True),
+    ]
+    lineage = [
+        StructField("quality_warnings", ArrayType(StringType(), False), True),
+        StructField("source_topic", StringType(), True),
+        StructField("source_partition", IntegerType(), True),
+        StructField("source_offset", LongType(), True),
+        StructField("kafka_timestamp", TimestampType(), True),
+        StructField("ingest_ts", TimestampType(), True),
+        StructField("bronze_version", LongType(), True),
+        StructField("load_id", StringType(), True),
+        StructField("processed_at", TimestampType(), True),
+        StructField("event_date", DateType(), True),
+    ]
+    return StructType([*typed, *lineage])
+
+
+SILVER_EVENTS = TableSpec(
+    name="silver.events",
+    schema=_silver_events_schema(),
+    partition_by=("event_date",),
+    description="Valid events, typed and deduplicated by event_id; lineage back to bronze.",
+)
+
+SILVER_QUARANTINE = TableSpec(
+    name="silver.quarantine",
+    schema=StructType(
+        [
+            StructField("raw_key", StringType(), True),
+            StructField("raw_value", StringType(), True),
+            StructField("source_topic", StringType(), True),
+            StructField("source_partition", IntegerType(), True),
+            StructField("source_offset", LongType(), True),
+            StructField("kafka_timestamp", TimestampType(), True),
+            StructField("ingest_ts", TimestampType(), True),
+            StructField("bronze_version", LongType(), True),
+            StructField("event_id", StringType(), True),
+            StructField("event_type", StringType(), True),
+            StructField("failed_rules", ArrayType(StringType(), False), True),
+            StructField("first_error", StringType(), True),
+            StructField("load_id", StringType(), True),
+            StructField("quarantined_at", TimestampType(), True),
+            StructField("ingest_date", DateType(), True),
+        ]
+    ),
+    partition_by=("ingest_date",),
+    description="Rows that broke a rule: the raw message, where it came from, every failed rule.",
+)
+
+
+def _sessions_schema() -> StructType:
+    from pipelines.silver.sessions import SESSIONS_SCHEMA
+
+    return SESSIONS_SCHEMA
+
+
+SILVER_SESSIONS = TableSpec(
+    name="silver.sessions",
+    schema=_sessions_schema(),
+    description="Per-user sessions split by an inactivity gap; recomputed incrementally and "
+    "MERGEd by session_id when new or late events arrive.",
+)
+
+_COUNTS = MapType(StringType(), LongType(), False)
+
+QUALITY_BATCH_RESULTS = TableSpec(
+    name="quality.batch_results",
+    schema=StructType(
+        [
+            StructField("table", StringType(), False),
+            StructField("load_id", StringType(), False),
+            StructField("query_id", StringType(), False),
+            StructField("batch_id", LongType(), False),
+            StructField("source_table", StringType(), True),
+            StructField("source_start_version", LongType(), True),
+            StructField("source_end_version", LongType(), True),
+            StructField("input_rows", LongType(), False),
+            StructField("written_rows", LongType(), False),
+            StructField("quarantined_rows", LongType(), False),
+            StructField("dropped_rows", LongType(), False),
+            StructField("duplicates_in_batch", LongType(), False),
+            StructField("duplicates_existing", LongType(), False),
+            StructField("quarantined_by_rule", _COUNTS, True),
+            StructField("dropped_by_rule", _COUNTS, True),
+            StructField("warnings_by_rule", _COUNTS, True),
+            StructField("invariant_holds", BooleanType(), False),
+            StructField("processed_at", TimestampType(), False),
+        ]
+    ),
+    description="One row per micro-batch of a gated table: what came in and where every row went.",
+)
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in [
+        BRONZE_EVENTS_RAW,
+        SILVER_EVENTS,
+        SILVER_QUARANTINE,
+        SILVER_SESSIONS,
+        QUALITY_BATCH_RESULTS,
+    ]
+}
 
 
 class UnknownTableError(LookupError):

@@ -42,6 +42,72 @@ class BatchWriteStats:
     batches: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class AppendResult:
+    skipped: bool  # the (app id, batch id) commit already existed: a replay
+    rows: int
+    version: int
+    seconds: float
+
+
+class DeltaAppender:
+    """Idempotent appends to one table: one commit per (app id, batch id), replays skipped.
+
+    Keeps one table handle, refreshed incrementally, instead of re-reading the log each batch.
+    """
+
+    def __init__(self, catalog: Catalog, spec: TableSpec) -> None:
+        self.catalog = catalog
+        self.spec = spec
+        self._table: DeltaTable | None = None
+
+    @property
+    def table(self) -> DeltaTable:
+        if self._table is None:
+            self._table = self.catalog.ensure(self.spec)
+        else:
+            self._table.update_incremental()
+        return self._table
+
+    def committed(self, app_id: str, batch_id: int) -> bool:
+        done = self.table.transaction_version(app_id)
+        return done is not None and done >= batch_id
+
+    def append(
+        self, data: pa.Table, app_id: str, batch_id: int, metadata: dict[str, str] | None = None
+    ) -> AppendResult:
+        """Append ``data`` (conformed to the table's schema) unless this batch already landed."""
+        started = time.perf_counter()
+        table = self.table
+        if self.committed(app_id, batch_id):
+            log.warning(
+                "%s: batch %s of %s already committed; skipping replay",
+                self.spec.name,
+                batch_id,
+                app_id,
+            )
+            return AppendResult(True, 0, table.version(), 0.0)
+        data = conform(data, self.spec.arrow_schema)
+        if data.num_rows:
+            write_deltalake(
+                table,
+                data,
+                mode="append",
+                partition_by=list(self.spec.partition_by) or None,
+                storage_options=self.catalog.storage_options,
+                commit_properties=CommitProperties(
+                    app_transactions=[Transaction(app_id, batch_id)],
+                    custom_metadata={
+                        "lakehouse.batch_id": str(batch_id),
+                        "lakehouse.app_id": app_id,
+                        **(metadata or {}),
+                    },
+                ),
+            )
+            table.update_incremental()
+        return AppendResult(False, data.num_rows, table.version(), time.perf_counter() - started)
+
+
 def delta_rs_append(
     catalog: Catalog,
     spec: TableSpec,
@@ -57,19 +123,13 @@ def delta_rs_append(
         stats: filled in as batches are written or skipped.
     """
     stats = stats if stats is not None else BatchWriteStats()
-    # Resolved on the first batch, once Spark has written the checkpoint metadata; the table
-    # handle is kept and refreshed incrementally rather than re-read from the log every batch.
-    app_id: list[str] = []
-    handle: list[DeltaTable] = []
+    appender = DeltaAppender(catalog, spec)
+    app_id: list[str] = []  # resolved on the first batch, once Spark has written the metadata
 
     def write_batch(batch_df: DataFrame, batch_id: int) -> None:
         if not app_id:
             app_id.append(f"{spec.name}:{query_id_from_checkpoint(checkpoint)}")
-            handle.append(catalog.ensure(spec))
-        table = handle[0]
-        table.update_incremental()
-        done = table.transaction_version(app_id[0])
-        if done is not None and done >= batch_id:
+        if appender.committed(app_id[0], batch_id):
             stats.batches_skipped += 1
             log.warning(
                 "%s: batch %s already committed (app %s); skipping replay",
@@ -79,41 +139,30 @@ def delta_rs_append(
             )
             return
         started = time.perf_counter()
-        data = conform(pa.table(batch_df.toArrow()), spec.arrow_schema)
+        data = pa.table(batch_df.toArrow())
         collected = time.perf_counter()
-        if data.num_rows:
-            write_deltalake(
-                table,
-                data,
-                mode="append",
-                partition_by=list(spec.partition_by) or None,
-                storage_options=catalog.storage_options,
-                commit_properties=CommitProperties(
-                    app_transactions=[Transaction(app_id[0], batch_id)],
-                    custom_metadata={
-                        "lakehouse.batch_id": str(batch_id),
-                        "lakehouse.app_id": app_id[0],
-                    },
-                ),
-            )
-        finished = time.perf_counter()
+        result = appender.append(data, app_id[0], batch_id)
         stats.batches_written += 1
-        stats.rows_written += data.num_rows
+        stats.rows_written += result.rows
         stats.collect_s += collected - started
-        stats.write_s += finished - collected
-        table.update_incremental()
-        stats.last_version = table.version()
+        stats.write_s += result.seconds
+        stats.last_version = result.version
         stats.batches.append(
             {
                 "batch_id": batch_id,
-                "rows": data.num_rows,
+                "rows": result.rows,
                 "collect_ms": round((collected - started) * 1000, 1),
-                "write_ms": round((finished - collected) * 1000, 1),
-                "version": stats.last_version,
+                "write_ms": round(result.seconds * 1000, 1),
+                "version": result.version,
             }
         )
 
     return write_batch
+
+
+def collect_arrow(frame: DataFrame, spec: TableSpec) -> pa.Table:
+    """A (small, per-batch) DataFrame collected to the driver as Arrow, in ``spec``'s schema."""
+    return conform(pa.table(frame.toArrow()), spec.arrow_schema)
 
 
 def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:

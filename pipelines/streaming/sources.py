@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.config import Settings
+from pipelines.lake.catalog import Catalog
+from pipelines.streaming.delta_source import FORMAT as DELTA_FORMAT
+from pipelines.streaming.delta_source import DeltaChangeFeedSource
 from pipelines.streaming.kafka import client_config
 from pipelines.streaming.kafka_source import FORMAT, KafkaSource
 
@@ -12,6 +17,31 @@ from pipelines.streaming.kafka_source import FORMAT, KafkaSource
 def register_sources(spark: SparkSession) -> None:
     """Register the Python data sources with the session (idempotent)."""
     spark.dataSource.register(KafkaSource)
+    spark.dataSource.register(DeltaChangeFeedSource)
+
+
+def delta_stream(
+    spark: SparkSession,
+    catalog: Catalog,
+    table: str,
+    max_rows_per_trigger: int | None = None,
+    starting_version: str = "earliest",
+) -> DataFrame:
+    """A table's change data feed as a streaming DataFrame (offsets are table versions).
+
+    Rows carry the table's columns plus ``_change_type``, ``_commit_version`` and
+    ``_commit_timestamp``.
+    """
+    register_sources(spark)
+    reader = (
+        spark.readStream.format(DELTA_FORMAT)
+        .option("path", catalog.location(table))
+        .option("storageOptions", json.dumps(catalog.storage_options))
+        .option("startingVersion", starting_version)
+    )
+    if max_rows_per_trigger:
+        reader = reader.option("maxRowsPerTrigger", str(max_rows_per_trigger))
+    return reader.load()
 
 
 def kafka_stream(

@@ -1,0 +1,1 @@
+"""Data quality checks on micro-batches: Great Expectations suites and their results."""

@@ -1,0 +1,1 @@
+"""Silver: validated, deduplicated events and what is derived from them per user."""

@@ -1,0 +1,186 @@
+"""The sessions job: new ``silver.events`` rows -> ``silver.sessions``, recomputed incrementally.
+
+Chosen approach: incremental recomputation of affected users (see ``pipelines/silver/sessions.py``
+for why it is exact). Per micro-batch of new silver events (the table's change feed):
+
+1. ``recompute_windows``: per affected user, the instant from which sessions can change;
+2. the silver events of those users from that instant on (partition-pruned by event date) are
+   sessionized again, and compared with the existing sessions of the same window;
+3. ``session_changes`` is applied as one MERGE on ``session_id`` (upsert, delete absorbed
+   sessions) carrying the Delta app transaction (query id, batch id): a replayed batch whose
+   MERGE landed is skipped, one that did not is recomputed from silver identically.
+
+Late events within the allowed lateness therefore land in, extend, or merge the right sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, Transaction
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery
+
+from pipelines.config import Settings, TriggerSettings, parse_duration
+from pipelines.lake.catalog import Catalog
+from pipelines.lake.tables import SILVER_EVENTS, SILVER_SESSIONS
+from pipelines.silver.sessions import recompute_windows, session_changes, sessions
+from pipelines.streaming.delta_sink import (
+    BatchHandler,
+    DeltaAppender,
+    conform,
+    query_id_from_checkpoint,
+)
+from pipelines.streaming.queries import await_query, start_table_stream
+from pipelines.streaming.sources import delta_stream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SessionStats:
+    batches_written: int = 0
+    batches_skipped: int = 0
+    events_read: int = 0
+    sessions_upserted: int = 0
+    sessions_deleted: int = 0
+
+
+@dataclass
+class SessionsRun:
+    stats: SessionStats
+    query_id: str
+    table_version: int | None
+
+
+def session_events(silver_rows: DataFrame) -> DataFrame:
+    """The columns sessionization needs, from silver.events rows."""
+    return silver_rows.select(
+        "event_id",
+        "user_id",
+        "event_type",
+        "event_ts",
+        "item_id",
+        F.col("properties.revenue").alias("revenue"),
+    )
+
+
+def sessions_batch_handler(
+    catalog: Catalog, checkpoint: str, gap_s: float, stats: SessionStats
+) -> BatchHandler:
+    """The ``foreachBatch`` handler of the sessions query (see the module docstring)."""
+    appender = DeltaAppender(catalog, SILVER_SESSIONS)
+    query: list[str] = []
+    gap = parse_duration(f"{gap_s} seconds")
+
+    def handle(batch_df: DataFrame, batch_id: int) -> None:
+        if not query:
+            query.append(query_id_from_checkpoint(checkpoint))
+        app_id = f"{SILVER_SESSIONS.name}:{query[0]}"
+        if appender.committed(app_id, batch_id):
+            stats.batches_skipped += 1
+            log.warning("sessions: batch %s already merged; skipping replay", batch_id)
+            return
+        spark = batch_df.sparkSession
+        new = session_events(batch_df)
+        affected = new.select("user_id").distinct()
+        existing = catalog.read(spark, SILVER_SESSIONS.name).join(affected, "user_id")
+        windows = recompute_windows(new, existing, gap).cache()
+        try:
+            first = windows.agg(F.min("window_start").alias("start")).first()
+            if first is None or first.start is None:
+                return
+            in_window = _silver_events_since(spark, catalog, first.start.date().isoformat())
+            events = in_window.join(windows, "user_id").filter(
+                F.col("event_ts") >= F.col("window_start")
+            )
+            recomputed = sessions(events.drop("window_start"), gap)
+            existing_in_window = (
+                existing.join(windows, "user_id")
+                .filter(F.col("session_start") >= F.col("window_start"))
+                .drop("window_start")
+            )
+            raw = pa.table(session_changes(recomputed, existing_in_window).toArrow())
+            changes = conform(
+                raw.drop_columns(["_delete"]), SILVER_SESSIONS.arrow_schema
+            ).append_column("_delete", raw.column("_delete"))
+        finally:
+            windows.unpersist()
+        _merge(appender, changes, app_id, batch_id)
+        deletes = int(pc.sum(changes.column("_delete").cast(pa.int64())).as_py() or 0)
+        stats.batches_written += 1
+        stats.events_read += batch_df.count()
+        stats.sessions_deleted += deletes
+        stats.sessions_upserted += changes.num_rows - deletes
+
+    return handle
+
+
+def run_sessions(
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    trigger: TriggerSettings | None = None,
+    on_progress: Callable[[StreamingQuery, SessionStats], None] | None = None,
+    timeout_s: float | None = None,
+) -> SessionsRun:
+    """Run the sessions query over the silver change feed."""
+    catalog = Catalog(settings.storage)
+    catalog.ensure(SILVER_EVENTS)
+    catalog.ensure(SILVER_SESSIONS)
+    stats = SessionStats()
+    checkpoint = catalog.checkpoint(SILVER_SESSIONS.name)
+    handler = sessions_batch_handler(
+        catalog, checkpoint, parse_duration(settings.silver.session_gap).total_seconds(), stats
+    )
+    source = delta_stream(
+        spark,
+        catalog,
+        SILVER_EVENTS.name,
+        max_rows_per_trigger=settings.silver.max_rows_per_trigger,
+    )
+    query = start_table_stream(
+        source,
+        catalog=catalog,
+        table=SILVER_SESSIONS.name,
+        handler=handler,
+        trigger=trigger or settings.streaming.trigger,
+    )
+    await_query(
+        query,
+        on_progress=(lambda q: on_progress(q, stats)) if on_progress else None,
+        timeout_s=timeout_s,
+    )
+    return SessionsRun(stats, str(query.id), catalog.delta_table(SILVER_SESSIONS.name).version())
+
+
+def _silver_events_since(spark: SparkSession, catalog: Catalog, first_date: str) -> DataFrame:
+    frame = catalog.read(spark, SILVER_EVENTS.name, partitions=[("event_date", ">=", first_date)])
+    return session_events(frame)
+
+
+def _merge(appender: DeltaAppender, changes: pa.Table, app_id: str, batch_id: int) -> None:
+    if changes.num_rows == 0:
+        return
+    table = appender.table
+    (
+        table.merge(
+            source=changes,
+            predicate="t.session_id = s.session_id",
+            source_alias="s",
+            target_alias="t",
+            commit_properties=CommitProperties(
+                app_transactions=[Transaction(app_id, batch_id)],
+                custom_metadata={"lakehouse.batch_id": str(batch_id), "lakehouse.app_id": app_id},
+            ),
+        )
+        .when_matched_delete(predicate="s._delete")
+        .when_matched_update_all(predicate="NOT s._delete", except_cols=["_delete"])
+        .when_not_matched_insert_all(predicate="NOT s._delete", except_cols=["_delete"])
+        .execute()
+    )
