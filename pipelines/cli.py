@@ -72,10 +72,14 @@ contracts_app = typer.Typer(help="The versioned event contract.", no_args_is_hel
 bench_app = typer.Typer(
     help="Benchmarks (each measures its baseline in the same run).", no_args_is_help=True
 )
+quality_app = typer.Typer(
+    help="Data quality: accounting checks and suite reports.", no_args_is_help=True
+)
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(run_app, name="run")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(bench_app, name="bench")
+app.add_typer(quality_app, name="quality")
 
 out = Console()
 err = Console(stderr=True)
@@ -90,6 +94,18 @@ EnvOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on the last line.")]
+AvailableNowOption = Annotated[
+    bool, typer.Option("--available-now", help="Drain what the source holds now, then stop.")
+]
+ProcessingTimeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--processing-time", help="Run continuously with this trigger interval, e.g. '5s'."
+    ),
+]
+TimeoutOption = Annotated[
+    float | None, typer.Option(help="Stop a continuous run after this many seconds.")
+]
 
 _USER_ERRORS = (
     ConfigError,
@@ -118,6 +134,16 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 def _settings(env: str | None) -> Settings:
     return load_settings(env)
+
+
+def _gx_validator(settings: Settings, spark: Any) -> Any:
+    """The silver GX suite validator when enabled in config, else None."""
+    if not settings.quality.great_expectations.enabled:
+        return None
+    from pipelines.lake.catalog import Catalog as _Catalog
+    from pipelines.silver.job import silver_suite_validator
+
+    return silver_suite_validator(settings, _Catalog(settings.storage))
 
 
 def _spark(settings: Settings) -> Any:
@@ -310,6 +336,94 @@ def run_bronze_cmd(
             f"in {run.stats.batches_written} batches (skipped replays: "
             f"{run.stats.batches_skipped}), now at version {run.table_version}"
         )
+
+
+@run_app.command("silver")
+@friendly_errors
+def run_silver_cmd(
+    available_now: AvailableNowOption = False,
+    processing_time: ProcessingTimeOption = None,
+    timeout: TimeoutOption = None,
+    gx: Annotated[
+        bool,
+        typer.Option("--gx/--no-gx", help="Run the Great Expectations suite (config default)."),
+    ] = True,
+    env: EnvOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """bronze.events_raw -> gate -> silver.events + silver.quarantine + quality.batch_results."""
+    from pipelines.silver.job import run_silver
+
+    settings = _settings(env)
+    trigger = _trigger(settings, available_now, processing_time)
+    spark = _spark(settings)
+    validator = _gx_validator(settings, spark) if gx else None
+    console = err if as_json else out
+    with console.status(f"silver: {trigger.mode} from bronze.events_raw") as status:
+
+        def progress(query: Any, stats: Any) -> None:
+            status.update(
+                f"silver: {stats.total('written_rows'):,} written, "
+                f"{stats.total('quarantined_rows'):,} quarantined "
+                f"in {stats.batches_written} batches"
+            )
+
+        run = run_silver(
+            spark,
+            settings,
+            trigger=trigger,
+            validator=validator,
+            on_progress=progress,
+            timeout_s=timeout,
+        )
+    from pipelines.demo import silver_summary
+
+    summary = silver_summary(run.stats) | {
+        "silver_version": run.silver_version,
+        "quarantine_version": run.quarantine_version,
+        "query_id": run.query_id,
+    }
+    if as_json:
+        print(json.dumps(summary))
+        return
+    out.print(
+        f"silver.events: +{summary['written']:,} rows, "
+        f"silver.quarantine: +{summary['quarantined']:,}, "
+        f"duplicates: {summary['duplicates']:,} in {run.stats.batches_written} batches "
+        f"(skipped replays: {run.stats.batches_skipped}); accounting "
+        + ("[green]holds[/]" if summary["invariant_holds"] else "[red]BROKEN[/]")
+    )
+    for rule, count in summary["quarantined_by_rule"].items():
+        out.print(f"  quarantined by {rule}: {count:,}", highlight=False)
+
+
+@run_app.command("sessions")
+@friendly_errors
+def run_sessions_cmd(
+    available_now: AvailableNowOption = False,
+    processing_time: ProcessingTimeOption = None,
+    timeout: TimeoutOption = None,
+    env: EnvOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """silver.events -> silver.sessions (incremental recomputation of affected users, MERGE)."""
+    from pipelines.silver.sessions_job import run_sessions
+
+    settings = _settings(env)
+    trigger = _trigger(settings, available_now, processing_time)
+    spark = _spark(settings)
+    console = err if as_json else out
+    with console.status(f"sessions: {trigger.mode} from silver.events"):
+        run = run_sessions(spark, settings, trigger=trigger, timeout_s=timeout)
+    summary = {**run.stats.__dict__, "table_version": run.table_version, "query_id": run.query_id}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    out.print(
+        f"silver.sessions: {run.stats.sessions_upserted:,} sessions upserted, "
+        f"{run.stats.sessions_deleted:,} merged away, from {run.stats.events_read:,} new events "
+        f"in {run.stats.batches_written} batches; now at version {run.table_version}"
+    )
 
 
 def _trigger(
@@ -578,6 +692,87 @@ def _candidate_contract(
     return EventContract(event_type, version, flat, path)
 
 
+# -- quality ----------------------------------------------------------------------------------
+@quality_app.command("check")
+@friendly_errors
+def quality_check(env: EnvOption = None, as_json: JsonOption = False) -> None:
+    """Check the accounting: every batch's input = silver + quarantine + duplicates (+ dropped),
+    and batch totals match the tables. Exits 1 when broken."""
+    from pipelines.quality.report import accounting_report
+
+    settings = _settings(env)
+    report = accounting_report(Catalog(settings.storage))
+    if as_json:
+        print(json.dumps({"ok": report.ok, **report.__dict__}, default=str))
+    else:
+        verdict = "[green]holds[/]" if report.ok else "[bold red]BROKEN[/]"
+        out.print(f"accounting of silver.events over {report.batches} batches: {verdict}")
+        for key, value in report.totals.items():
+            out.print(f"  {key}: {value:,}", highlight=False)
+        for name, rows in report.table_rows.items():
+            out.print(f"  table rows ({name}): {rows:,}", highlight=False)
+        for batch in report.broken_batches:
+            out.print(
+                f"  [red]✗[/] batch {batch['batch_id']}: input {batch['input']} "
+                f"!= accounted {batch['accounted']}"
+            )
+        for mismatch in report.mismatches:
+            out.print(f"  [red]✗[/] {mismatch}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@quality_app.command("report")
+@friendly_errors
+def quality_report(
+    limit: Annotated[int, typer.Option(min=1, help="Latest batches to show.")] = 10,
+    env: EnvOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The latest batch and Great Expectations suite results, and where the Data Docs are."""
+    from pipelines.quality.report import latest_results
+
+    settings = _settings(env)
+    report = latest_results(Catalog(settings.storage), settings, limit)
+    if as_json:
+        print(json.dumps(report, default=str))
+        return
+    batches = Table(
+        "batch",
+        "input",
+        "written",
+        "quarantined",
+        "duplicates",
+        "warnings",
+        "ok",
+        title="quality.batch_results (silver.events)",
+    )
+    for row in report["batches"]:
+        batches.add_row(
+            str(row["batch_id"]),
+            f"{row['input_rows']:,}",
+            f"{row['written_rows']:,}",
+            f"{row['quarantined_rows']:,}",
+            f"{row['duplicates_in_batch'] + row['duplicates_existing']:,}",
+            f"{sum(c for _, c in row['warnings_by_rule']):,}",
+            "✓" if row["invariant_holds"] else "✗",
+        )
+    out.print(batches)
+    suites = Table(
+        "suite", "batch", "success", "expectations", "failed", title="quality.suite_results"
+    )
+    for row in report["suites"]:
+        suites.add_row(
+            row["suite"],
+            row["batch_label"],
+            "[green]✓[/]" if row["success"] else "[red]✗[/]",
+            f"{row['successful']}/{row['evaluated']}",
+            "; ".join(row["failed"]) or "-",
+        )
+    out.print(suites)
+    out.print(f"Data Docs: {report['data_docs'] or 'not built yet (run silver with GX enabled)'}")
+
+
 # -- demo / bench -----------------------------------------------------------------------------
 @app.command("demo")
 @friendly_errors
@@ -616,10 +811,12 @@ def demo(
     ) as progress:
         produced = progress.add_task("produce to Kafka", total=total)
         landed = progress.add_task("bronze.events_raw", total=total)
+        gated = progress.add_task("silver gate", total=total)
         hooks = DemoHooks(
             stage=lambda msg: progress.console.print(f"[dim]›[/] {msg}", highlight=False),
             produced=lambda n: progress.advance(produced, n),
             bronze_rows=lambda n: progress.advance(landed, n),
+            silver_rows=lambda n: progress.advance(gated, n),
         )
         summary = run_demo(settings, _spark, hooks)
     if as_json:
@@ -652,9 +849,35 @@ def _print_demo(summary: dict[str, Any]) -> None:
         if summary["matches"]
         else "[red]bronze does not match Kafka[/]"
     )
-    out.print(f"{verdict}; total {summary['seconds']}s")
-    example = "SELECT topic, count(*) FROM bronze.events_raw GROUP BY topic"
-    out.print(f'next: [bold]lakehouse tables[/], [bold]lakehouse sql "{example}"[/]')
+    out.print(verdict)
+    silver, sessions, gx = summary["silver"], summary["sessions"], summary["great_expectations"]
+    flow = Table("silver gate", "rows", title="bronze.events_raw -> silver")
+    flow.add_row("input (bronze rows)", f"{silver['input']:,}")
+    flow.add_row("silver.events", f"{silver['written']:,}")
+    flow.add_row("silver.quarantine", f"{silver['quarantined']:,}")
+    flow.add_row("duplicates removed", f"{silver['duplicates']:,}")
+    if silver["dropped"]:
+        flow.add_row("dropped by rule", f"{silver['dropped']:,}")
+    out.print(flow)
+    rules = Table("rule", "quarantined rows", title="quarantine by rule (a row can break several)")
+    for rule, count in silver["quarantined_by_rule"].items():
+        rules.add_row(rule, f"{count:,}")
+    out.print(rules)
+    if silver["warnings_by_rule"]:
+        warned = ", ".join(f"{k}={v}" for k, v in silver["warnings_by_rule"].items())
+        out.print(f"warnings (rows kept): {warned}", highlight=False)
+    holds = "[green]holds[/]" if silver["accounting_holds"] else "[red]BROKEN[/]"
+    out.print(f"accounting input = silver + quarantine + duplicates: {holds}")
+    out.print(
+        f"silver.sessions: {sessions['rows']:,} sessions ({sessions['converted']:,} converted)"
+    )
+    out.print(
+        f"Great Expectations: {gx['suites_passed']}/{gx['suites_run']} batch suites passed; "
+        f"Data Docs: {gx['data_docs'] or '-'}"
+    )
+    out.print(f"total {summary['seconds']}s")
+    example = "SELECT failed_rules, count(*) FROM silver.quarantine GROUP BY 1"
+    out.print(f'next: [bold]lakehouse quality report[/], [bold]lakehouse sql "{example}"[/]')
 
 
 @bench_app.command("bronze")

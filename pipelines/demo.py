@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +20,21 @@ from pyspark.sql import SparkSession
 from pipelines.bronze.job import run_bronze
 from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import BRONZE_EVENTS_RAW
+from pipelines.lake.tables import (
+    BRONZE_EVENTS_RAW,
+    SILVER_EVENTS,
+    SILVER_QUARANTINE,
+    SILVER_SESSIONS,
+)
+from pipelines.quality.report import accounting_report, latest_results
+from pipelines.silver.job import run_silver, silver_suite_validator
+from pipelines.silver.sessions_job import run_sessions
 from pipelines.streaming.kafka import embedded_broker
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import publish_clickstream
 
 # Only these folders under the storage root are reset; the root itself is never removed.
-_DEMO_STATE = ("tables", "_checkpoints")
+_DEMO_STATE = ("tables", "_checkpoints", "quality")
 
 
 @dataclass
@@ -35,6 +44,7 @@ class DemoHooks:
     stage: Callable[[str], None] = lambda _msg: None
     produced: Callable[[int], None] = lambda _n: None
     bronze_rows: Callable[[int], None] = lambda _n: None
+    silver_rows: Callable[[int], None] = lambda _n: None
 
 
 def reset_demo_state(settings: Settings) -> list[str]:
@@ -102,7 +112,35 @@ def run_demo(
         )
         bronze_s = time.perf_counter() - t0
 
+    hooks.stage("running silver (gate, quarantine, dedup, accounting, Great Expectations)")
+    t0 = time.perf_counter()
+    seen_silver = [0]
+
+    def silver_progress(_query: object, stats: Any) -> None:
+        done = stats.total("input_rows")
+        if done > seen_silver[0]:
+            hooks.silver_rows(done - seen_silver[0])
+            seen_silver[0] = done
+
     catalog = Catalog(settings.storage)
+    validator = (
+        silver_suite_validator(settings, catalog)
+        if settings.quality.great_expectations.enabled
+        else None
+    )
+    available_now = TriggerSettings(mode="available-now")
+    silver = run_silver(
+        spark, settings, trigger=available_now, validator=validator, on_progress=silver_progress
+    )
+    silver_s = time.perf_counter() - t0
+    hooks.stage("running sessions (30-minute inactivity gap, incremental MERGE)")
+    t0 = time.perf_counter()
+    sessions = run_sessions(spark, settings, trigger=available_now)
+    sessions_s = time.perf_counter() - t0
+    accounting = accounting_report(catalog)
+    quality = latest_results(catalog, settings, limit=1_000)
+    suites = quality["suites"]
+
     info = catalog.info(BRONZE_EVENTS_RAW.name)
     per_topic = catalog.read(spark, BRONZE_EVENTS_RAW.name).groupBy("topic").count().collect()
     return {
@@ -126,6 +164,49 @@ def run_demo(
             "rows_per_second": round((info.rows or 0) / bronze_s) if bronze_s else None,
             "query_id": bronze.query_id,
         },
+        "silver": {
+            **silver_summary(silver.stats),
+            "rows": catalog.info(SILVER_EVENTS.name).rows,
+            "quarantine_rows": catalog.info(SILVER_QUARANTINE.name).rows,
+            "table_version": silver.silver_version,
+            "seconds": round(silver_s, 2),
+            "accounting_holds": accounting.ok,
+        },
+        "sessions": {
+            "rows": catalog.info(SILVER_SESSIONS.name).rows,
+            "converted": _count_where(spark, catalog, SILVER_SESSIONS.name, "converted"),
+            "table_version": sessions.table_version,
+            "seconds": round(sessions_s, 2),
+        },
+        "great_expectations": {
+            "suites_run": len(suites),
+            "suites_passed": sum(1 for r in suites if r["success"]),
+            "data_docs": quality["data_docs"],
+        },
         "matches": info.rows == published.delivery.total_delivered,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def silver_summary(stats: Any) -> dict[str, Any]:
+    """Totals of a silver run's batch accounts (CLI and demo)."""
+    by_rule: Counter[str] = Counter()
+    warnings: Counter[str] = Counter()
+    for account in stats.accounts:
+        by_rule.update(account.quarantined_by_rule)
+        warnings.update(account.warnings_by_rule)
+    return {
+        "batches": stats.batches_written,
+        "input": stats.total("input_rows"),
+        "written": stats.total("written_rows"),
+        "quarantined": stats.total("quarantined_rows"),
+        "dropped": stats.total("dropped_rows"),
+        "duplicates": stats.total("duplicates_in_batch") + stats.total("duplicates_existing"),
+        "quarantined_by_rule": dict(by_rule.most_common()),
+        "warnings_by_rule": dict(warnings.most_common()),
+        "invariant_holds": all(a.invariant_holds for a in stats.accounts),
+    }
+
+
+def _count_where(spark: SparkSession, catalog: Catalog, table: str, condition: str) -> int:
+    return int(catalog.read(spark, table).filter(condition).count())

@@ -185,6 +185,26 @@ QUALITY_BATCH_RESULTS = TableSpec(
     description="One row per micro-batch of a gated table: what came in and where every row went.",
 )
 
+QUALITY_SUITE_RESULTS = TableSpec(
+    name="quality.suite_results",
+    schema=StructType(
+        [
+            StructField("table", StringType(), False),
+            StructField("suite", StringType(), False),
+            StructField("load_id", StringType(), True),
+            StructField("batch_id", LongType(), True),
+            StructField("batch_label", StringType(), False),
+            StructField("success", BooleanType(), False),
+            StructField("evaluated", LongType(), False),
+            StructField("successful", LongType(), False),
+            StructField("failed", ArrayType(StringType(), False), False),
+            StructField("run_time", TimestampType(), False),
+            StructField("data_docs_index", StringType(), True),
+        ]
+    ),
+    description="Great Expectations suite results, one row per validated batch.",
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in [
@@ -193,6 +213,7 @@ TABLES: dict[str, TableSpec] = {
         SILVER_QUARANTINE,
         SILVER_SESSIONS,
         QUALITY_BATCH_RESULTS,
+        QUALITY_SUITE_RESULTS,
     ]
 }
 

@@ -8,7 +8,9 @@ checkpoint, all named after the suite, so repeated calls and restarts on the sam
 them instead of piling up new names.
 
 GX output is kept out of the job's logs and off the network through the context's own config:
-``progress_bars`` off (the "Calculating Metrics" bars) and ``analytics_enabled`` off.
+``progress_bars`` off (the "Calculating Metrics" bars) and ``analytics_enabled`` off. (GX 1.24
+has no usage-statistics sender left, so the flag only guards a future upgrade.) Every Data Docs
+site other than ours is dropped, and the datasource does not cache batches.
 """
 
 from __future__ import annotations
@@ -118,16 +120,16 @@ class SuiteRunner:
     ) -> None:
         if unexpected_samples < 0:
             raise ValueError(f"unexpected_samples must be 0 or more, got {unexpected_samples}")
-        # SUMMARY gives the unexpected counts. Each sampled value costs one more Spark job per
-        # column expectation (about doubling a call on a small batch), so sampling is opt-in.
+        # SUMMARY gives the unexpected counts. Sampling values costs one more Spark job per
+        # column expectation (about doubling a call on a small batch), so it is opt-in.
         self._result_format = {
             "result_format": "SUMMARY",
             "partial_unexpected_count": unexpected_samples,
         }
-        self._project_dir = project_dir.resolve()
-        self._docs_dir = self._project_dir / DATA_DOCS_DIR if data_docs else None
+        project_dir = project_dir.resolve()
+        self._docs_dir = project_dir / DATA_DOCS_DIR if data_docs else None
         self._lock = threading.Lock()
-        self._context = _file_context(self._project_dir, self._docs_dir)
+        self._context = _file_context(project_dir, self._docs_dir)
         self._source = _spark_datasource(self._context)
         self._checkpoints: dict[str, Checkpoint] = {}
         # Per suite, the id and label of each expectation, in suite order.

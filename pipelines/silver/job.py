@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
@@ -33,6 +34,7 @@ from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import (
     BRONZE_EVENTS_RAW,
     QUALITY_BATCH_RESULTS,
+    QUALITY_SUITE_RESULTS,
     SILVER_EVENTS,
     SILVER_QUARANTINE,
     TableSpec,
@@ -202,6 +204,49 @@ def run_silver(
         silver_version=catalog.delta_table(SILVER_EVENTS.name).version(),
         quarantine_version=catalog.delta_table(SILVER_QUARANTINE.name).version(),
     )
+
+
+def silver_suite_validator(settings: Settings, catalog: Catalog) -> BatchValidator:
+    """The Great Expectations suite for silver.events, recording each result (idempotently) in
+    ``quality.suite_results`` and its Data Docs under ``<storage root>/quality/gx``."""
+    from pipelines.contracts import ContractRegistry
+    from pipelines.quality.suites import SuiteRunner, silver_events_expectations
+
+    gx = settings.quality.great_expectations
+    runner = SuiteRunner(gx_project_dir(settings), data_docs=gx.data_docs)
+    max_rows = settings.silver.max_rows_per_trigger or 10_000_000
+    runner.register(
+        SILVER_EVENTS.name, silver_events_expectations(ContractRegistry().event_types, max_rows)
+    )
+    appender = DeltaAppender(catalog, QUALITY_SUITE_RESULTS)
+
+    def validate(written: DataFrame, batch_id: int, load_id: str) -> None:
+        result = runner.validate(written, SILVER_EVENTS.name, f"batch {batch_id}")
+        row = {
+            "table": SILVER_EVENTS.name,
+            "suite": result.suite,
+            "load_id": load_id,
+            "batch_id": batch_id,
+            "batch_label": result.batch_label,
+            "success": result.success,
+            "evaluated": result.evaluated,
+            "successful": result.successful,
+            "failed": list(result.failed),
+            "run_time": result.run_time,
+            "data_docs_index": result.data_docs_index,
+        }
+        data = pa.Table.from_pylist([row], schema=QUALITY_SUITE_RESULTS.arrow_schema)
+        app_id = f"{QUALITY_SUITE_RESULTS.name}:{load_id.split(':', maxsplit=1)[0]}"
+        appender.append(data, app_id, batch_id)
+
+    return validate
+
+
+def gx_project_dir(settings: Settings) -> Path:
+    root = settings.storage.resolved().root
+    if "://" in root:
+        raise ValueError("Great Expectations Data Docs need a local storage root")
+    return Path(root) / "quality" / "gx"
 
 
 def _stop_on_fail_rules(failing: pa.Table, rule_set: RuleSet, batch_id: int) -> None:

@@ -1,0 +1,56 @@
+"""Reading the quality tables back: the accounting check and the latest results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipelines.config import Settings
+from pipelines.lake.catalog import Catalog
+from pipelines.lake.tables import (
+    BRONZE_EVENTS_RAW,
+    QUALITY_BATCH_RESULTS,
+    QUALITY_SUITE_RESULTS,
+    SILVER_EVENTS,
+    SILVER_QUARANTINE,
+)
+from pipelines.quality.accounting import AccountingReport, reconcile
+
+
+def accounting_report(catalog: Catalog) -> AccountingReport:
+    """``lakehouse quality check``: every silver batch's invariant, and totals vs. the tables."""
+    results = _rows(catalog, QUALITY_BATCH_RESULTS.name)
+    silver_rows = [r for r in results if r["table"] == SILVER_EVENTS.name]
+    table_rows = {
+        "written": _count(catalog, SILVER_EVENTS.name),
+        "quarantined": _count(catalog, SILVER_QUARANTINE.name),
+        "source": _count(catalog, BRONZE_EVENTS_RAW.name),
+    }
+    return reconcile(silver_rows, table_rows)
+
+
+def latest_results(catalog: Catalog, settings: Settings, limit: int) -> dict[str, Any]:
+    """The latest batch results and suite results, newest first, and the Data Docs location."""
+    batches = sorted(
+        _rows(catalog, QUALITY_BATCH_RESULTS.name), key=lambda r: r["processed_at"], reverse=True
+    )
+    suites = sorted(
+        _rows(catalog, QUALITY_SUITE_RESULTS.name), key=lambda r: r["run_time"], reverse=True
+    )
+    docs = next((r["data_docs_index"] for r in suites if r["data_docs_index"]), None)
+    if docs is not None and not Path(docs).is_file():
+        docs = None
+    return {"batches": batches[:limit], "suites": suites[:limit], "data_docs": docs}
+
+
+def _rows(catalog: Catalog, name: str) -> list[dict[str, Any]]:
+    if not catalog.exists(name):
+        return []
+    return list(pa.table(catalog.delta_table(name).to_pyarrow_table()).to_pylist())
+
+
+def _count(catalog: Catalog, name: str) -> int:
+    info = catalog.info(name)
+    return int(info.rows or 0)
