@@ -926,6 +926,47 @@ def bench_bronze_cmd(
     out.print(table)
 
 
+@bench_app.command("silver")
+@friendly_errors
+def bench_silver_cmd(
+    events: Annotated[
+        int, typer.Option(min=1000, help="Bronze rows to pre-fill and gate.")
+    ] = 200_000,
+    workdir: Annotated[
+        str | None, typer.Option(help="Where the benchmark tables go (default: a temp dir).")
+    ] = None,
+    env: EnvOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Silver events/s vs a parse-only query over the same bronze data, GX overhead separately."""
+    from pipelines.benchmarks.silver import bench_silver
+
+    settings = _settings(env)
+    console = err if as_json else out
+    result = bench_silver(
+        settings,
+        _spark,
+        events,
+        stage=lambda m: console.print(f"[dim]›[/] {m}", highlight=False),
+        workdir=workdir,
+    )
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table("measure", "value", title=f"silver benchmark, {events:,} events")
+    for key in (
+        "parse_only_events_per_s",
+        "silver_events_per_s",
+        "ratio_silver_to_parse_only",
+        "silver_with_gx_events_per_s",
+        "gx_overhead_seconds_per_batch",
+        "micro_batches",
+        "accounting_holds",
+    ):
+        table.add_row(key, str(result[key]))
+    out.print(table)
+
+
 # -- helpers for output -----------------------------------------------------------------------
 @contextmanager
 def _bar(console: Console, label: str, total: int) -> Iterator[Callable[[int], None]]:

@@ -139,7 +139,7 @@ class Catalog:
         """
         spec = table_spec(name)
         dt = self.delta_table(name, version)
-        files = dt.file_uris(partitions) if partitions else dt.file_uris()
+        files = dt.file_uris(file_pruning_predicate=partitions) if partitions else dt.file_uris()
         columns = [f.name for f in spec.schema.fields]
         if not files:
             return spark.createDataFrame([], spec.schema)

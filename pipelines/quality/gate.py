@@ -27,7 +27,6 @@ import pyarrow as pa
 from pyspark.errors import AnalysisException, ParseException
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.functions import ArrowUDFType
 from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
 from pipelines.contracts.registry import SCHEMAS_DIR, ContractRegistry
@@ -65,7 +64,7 @@ def contract_check(schemas_dir: Path = SCHEMAS_DIR) -> Callable[[Column], Column
             ],
         )
 
-    return F.arrow_udf(check, CONTRACT_RESULT, ArrowUDFType.SCALAR)
+    return F.arrow_udf(check, CONTRACT_RESULT)
 
 
 @dataclass

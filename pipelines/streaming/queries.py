@@ -63,10 +63,10 @@ def await_query(
             if on_progress is not None:
                 on_progress(query)
             if deadline is not None and time.monotonic() > deadline:
-                query.stop()
+                stop_gracefully(query)
                 break
     except KeyboardInterrupt:
-        query.stop()
+        stop_gracefully(query)
     except StreamingQueryException as exc:
         raise StreamingJobError(_reason(exc)) from None
     if on_progress is not None:
@@ -74,6 +74,22 @@ def await_query(
     failure = query.exception()
     if failure is not None:
         raise StreamingJobError(_reason(failure))
+
+
+def stop_gracefully(query: StreamingQuery, wait_s: float = 120.0) -> None:
+    """Stop between micro-batches: wait until no trigger is running, then stop.
+
+    ``StreamingQuery.stop()`` interrupts the stream thread, but a ``foreachBatch`` handler that is
+    running in Python cannot be interrupted; stopping mid-batch would leave it writing while a
+    restarted query replays the same batch. Waiting for the trigger to go idle avoids that (the
+    idempotent commits make it safe either way).
+    """
+    deadline = time.monotonic() + wait_s
+    while query.isActive and time.monotonic() < deadline:
+        if not query.status.get("isTriggerActive", False):
+            break
+        time.sleep(0.05)
+    query.stop()
 
 
 def _reason(exc: BaseException) -> str:

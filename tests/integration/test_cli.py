@@ -65,6 +65,29 @@ def test_demo_json_lands_every_produced_message_in_bronze(tmp_path: Path) -> Non
     assert bronze["table_version"] >= 1
     assert summary["matches"] is True
 
+    silver = summary["silver"]
+    assert silver["input"] == 5_000
+    assert silver["written"] + silver["quarantined"] + silver["duplicates"] == 5_000
+    assert silver["rows"] == silver["written"]
+    assert silver["quarantine_rows"] == silver["quarantined"]
+    assert silver["duplicates"] == bad["duplicate"]
+    assert silver["quarantined"] == sum(v for k, v in bad.items() if k != "duplicate")
+    for rule in ("json_parse", "unknown_event_type", "timestamp_in_future"):
+        assert silver["quarantined_by_rule"][rule] > 0
+    assert silver["invariant_holds"] is True
+    assert silver["accounting_holds"] is True
+    assert summary["sessions"]["rows"] > 0
+    gx = summary["great_expectations"]
+    assert gx["suites_run"] >= 1 and gx["suites_passed"] == gx["suites_run"]
+    assert Path(gx["data_docs"]).is_file()
+
+    check = run(data, "quality", "check")
+    assert check.returncode == 0, check.stderr
+    assert "holds" in check.stdout
+    report = last_json(run(data, "quality", "report", "--json"))
+    assert report["data_docs"] == gx["data_docs"]
+    assert report["batches"][0]["invariant_holds"] is True
+
     tables = last_json(run(data, "tables", "--json"))["tables"]
     (info,) = [t for t in tables if t["name"] == "bronze.events_raw"]
     assert (info["rows"], info["version"]) == (5_000, bronze["table_version"])

@@ -32,3 +32,13 @@ def contiguous(offsets: list[tuple[str, int, int]]) -> Counter[tuple[str, int]]:
     for key, values in per_partition.items():
         assert sorted(values) == list(range(len(values))), f"gap or duplicate in {key}"
     return Counter({k: len(v) for k, v in per_partition.items()})
+
+
+def forget_commit(checkpoint: str, batch_id: int) -> None:
+    """Simulate a crash after a batch's Delta commits but before Spark recorded it as done:
+    remove the batch's entry (and checksum) from the checkpoint's commit log."""
+    from pathlib import Path
+
+    commits = Path(checkpoint) / "commits"
+    (commits / str(batch_id)).unlink()
+    (commits / f".{batch_id}.crc").unlink(missing_ok=True)

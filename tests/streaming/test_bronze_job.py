@@ -14,7 +14,7 @@ from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import BRONZE_EVENTS_RAW
 from pipelines.streaming.delta_sink import BatchWriteStats
 from pipelines.streaming.kafka import EmbeddedKafka, KafkaUnavailableError
-from tests.streaming.helpers import contiguous, produce
+from tests.streaming.helpers import contiguous, forget_commit, produce
 
 pytestmark = pytest.mark.streaming
 
@@ -115,9 +115,8 @@ def test_batch_already_committed_before_a_crash_is_skipped_on_replay(
     info = catalog.info(BRONZE_EVENTS_RAW.name)
     last_batch = first.stats.batches[-1]["batch_id"]
     # Simulate a crash after the Delta commit but before Spark recorded the batch as done.
+    forget_commit(catalog.checkpoint(BRONZE_EVENTS_RAW.name), last_batch)
     commits = Path(catalog.checkpoint(BRONZE_EVENTS_RAW.name)) / "commits"
-    (commits / str(last_batch)).unlink()
-    (commits / f".{last_batch}.crc").unlink(missing_ok=True)
 
     replay = run_bronze(spark, settings, bootstrap)
     assert replay.stats.batches_skipped == 1

@@ -49,6 +49,11 @@ def test_every_command_has_help() -> None:
         ["sql", "--help"],
         ["contracts", "check", "--help"],
         ["demo", "--help"],
+        ["run", "silver", "--help"],
+        ["run", "sessions", "--help"],
+        ["quality", "check", "--help"],
+        ["quality", "report", "--help"],
+        ["bench", "silver", "--help"],
         ["bench", "bronze", "--help"],
     ):
         result = runner.invoke(app, args)
