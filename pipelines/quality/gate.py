@@ -19,6 +19,7 @@ evaluated on every row and *all* failed rule names are recorded, not only the fi
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import pyarrow as pa
 from pyspark.errors import AnalysisException, ParseException
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.functions import ArrowUDFType
 from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
 from pipelines.contracts.registry import SCHEMAS_DIR, ContractRegistry
@@ -64,7 +66,10 @@ def contract_check(schemas_dir: Path = SCHEMAS_DIR) -> Callable[[Column], Column
             ],
         )
 
-    return F.arrow_udf(check, CONTRACT_RESULT)
+    # PySpark's type stubs require the UDF type while its runtime prefers type hints and warns.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="It is preferred to specify type hints")
+        return F.arrow_udf(check, CONTRACT_RESULT, ArrowUDFType.SCALAR)
 
 
 @dataclass
