@@ -102,6 +102,8 @@ def bench_silver(
         "written": sum(a.written_rows for a in accounts),
         "quarantined": sum(a.quarantined_rows for a in accounts),
         "duplicates": sum(a.duplicates for a in accounts),
+        "silver_step_seconds": silver.stats.timings,
+        "gx_step_seconds": with_gx.stats.timings,
         "accounting_holds": all(a.invariant_holds for a in accounts)
         and all(a.invariant_holds for a in with_gx.stats.accounts),
         "targets": {"silver_events_per_s": 30_000, "ratio_silver_to_parse_only": 0.5},

@@ -52,14 +52,24 @@ def contract_check(schemas_dir: Path = SCHEMAS_DIR) -> Callable[[Column], Column
         registry = _REGISTRIES.get(root)
         if registry is None:
             registry = _REGISTRIES[root] = ContractRegistry(Path(root))
-        rules: list[list[str]] = []
+        # Most rows are valid: build the (mostly empty) lists from offsets, not Python lists.
+        offsets = [0]
+        names: list[str] = []
         details: list[str | None] = []
+        check_json = registry.check_json
         for raw in values.to_pylist():
-            found = registry.check_json(raw)
-            rules.append([v.rule for v in found])
-            details.append(f"{found[0].rule}: {found[0].detail}" if found else None)
+            found = check_json(raw)
+            if found:
+                names.extend(v.rule for v in found)
+                details.append(f"{found[0].rule}: {found[0].detail}")
+            else:
+                details.append(None)
+            offsets.append(len(names))
+        rules = pa.ListArray.from_arrays(
+            pa.array(offsets, pa.int32()), pa.array(names, pa.string())
+        )
         return pa.StructArray.from_arrays(
-            [pa.array(rules, pa.list_(pa.string())), pa.array(details, pa.string())],
+            [rules, pa.array(details, pa.string())],
             fields=[
                 pa.field("rules", pa.list_(pa.string()), False),
                 pa.field("detail", pa.string()),

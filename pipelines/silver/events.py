@@ -57,8 +57,9 @@ def classified_events(evaluated: DataFrame, load_id: str) -> DataFrame:
         "processed_at": F.current_timestamp(),
         "quarantined_at": F.current_timestamp(),
         "event_date": F.to_date("event_ts"),
-        "raw_key": F.col("key"),
-        "raw_value": F.col("value"),
+        # The raw message is only kept for rows that go to quarantine.
+        "raw_key": F.when(F.col("disposition") != "ok", F.col("key")),
+        "raw_value": F.when(F.col("disposition") != "ok", F.col("value")),
     }
     wanted = dict.fromkeys(
         [*SILVER_EVENTS.schema.fieldNames(), *SILVER_QUARANTINE.schema.fieldNames(), *_VERDICT]
@@ -96,20 +97,27 @@ def split_batch(classified: pa.Table, existing_ids: pa.Array) -> BatchSplit:
     disposition = classified.column("disposition")
     quarantine = classified.filter(pc.equal(disposition, "quarantine"))
     dropped = classified.filter(pc.equal(disposition, "drop"))
-    valid = classified.filter(pc.equal(disposition, "ok"))
-    ordered = valid.sort_by([("event_id", "ascending")] + [(c, "ascending") for c in _BRONZE_ORDER])
-    ids = ordered.column("event_id").combine_chunks()
-    first_copy = _first_of_runs(ids)
-    first = ordered.filter(first_copy)
-    seen = pc.is_in(first.column("event_id"), value_set=existing_ids)
-    fresh = first.filter(pc.invert(seen)).sort_by([(c, "ascending") for c in _BRONZE_ORDER])
+    # Deduplicate on the narrow key columns, then take the wide rows once.
+    keys = classified.select(["event_id", *_BRONZE_ORDER]).append_column(
+        "_row", pa.array(range(classified.num_rows), pa.int64())
+    )
+    valid_keys = keys.filter(pc.equal(disposition, "ok"))
+    ordered = valid_keys.sort_by(
+        [("event_id", "ascending")] + [(c, "ascending") for c in _BRONZE_ORDER]
+    )
+    first = ordered.filter(_first_of_runs(ordered.column("event_id").combine_chunks()))
+    fresh = first.filter(pc.invert(pc.is_in(first.column("event_id"), value_set=existing_ids)))
+    rows = pc.sort_indices(fresh.column("_row"))  # keep the batch's row order
+    silver = classified.select(SILVER_EVENTS.schema.fieldNames()).take(
+        pc.take(fresh.column("_row"), rows)
+    )
     return BatchSplit(
-        silver=fresh.select(SILVER_EVENTS.schema.fieldNames()),
+        silver=silver,
         quarantine=quarantine.select(SILVER_QUARANTINE.schema.fieldNames()),
         input_rows=classified.num_rows,
         dropped_rows=dropped.num_rows,
         failing=classified.filter(pc.equal(disposition, "fail")),
-        duplicates_in_batch=valid.num_rows - first.num_rows,
+        duplicates_in_batch=valid_keys.num_rows - first.num_rows,
         duplicates_existing=first.num_rows - fresh.num_rows,
         quarantined_by_rule=_count_rules(quarantine, "failed_rules"),
         dropped_by_rule=_count_rules(dropped, "failed_rules"),

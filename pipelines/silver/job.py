@@ -19,6 +19,7 @@ Per micro-batch (bronze change-feed versions):
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,7 @@ class SilverStats:
     batches_written: int = 0
     batches_skipped: int = 0
     accounts: list[BatchAccount] = field(default_factory=list)
+    timings: list[dict[str, float]] = field(default_factory=list)  # seconds per step per batch
 
     def total(self, name: str) -> int:
         return sum(int(getattr(a, name)) for a in self.accounts)
@@ -116,14 +118,18 @@ def silver_batch_handler(
             log.warning("silver: batch %s already committed; skipping replay", batch_id)
             return
         load_id = f"{query[0]}:{batch_id}"
+        clock = _Clock()
         # One Spark pass: parse, every rule, the columns both outputs need; collected once.
         # A batch is often one Delta version read by one task: spread it over the cores first.
         spread = batch_df.repartition(batch_df.sparkSession.sparkContext.defaultParallelism)
         classified = pa.table(
             classified_events(gate.evaluate(parsed_events(spread)), load_id).toArrow()
         )
+        clock.lap("spark_classify")
         existing = _existing_ids(catalog, event_dates(classified), load_id)
+        clock.lap("existing_ids")
         split = split_batch(classified, existing)
+        clock.lap("split")
         _stop_on_fail_rules(split.failing, gate.rule_set, batch_id)
         account = _account(split, classified, query_id=query[0], batch_id=batch_id, load_id=load_id)
         results = pa.Table.from_pylist(
@@ -137,6 +143,7 @@ def silver_batch_handler(
             appenders[spec.name].append(
                 data, app_id(spec), batch_id, {"lakehouse.load_id": load_id}
             )
+        clock.lap("delta_writes")
         stats.batches_written += 1
         stats.accounts.append(account)
         if validator is not None and split.silver.num_rows and batch_id % validate_every == 0:
@@ -144,11 +151,24 @@ def silver_batch_handler(
                 conform(split.silver, SILVER_EVENTS.arrow_schema)
             )
             validator(written, batch_id, load_id)
+            clock.lap("great_expectations")
+        stats.timings.append(clock.laps)
 
     return handle
 
 
 _WRITES = (SILVER_QUARANTINE, SILVER_EVENTS, QUALITY_BATCH_RESULTS)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def run_silver(
