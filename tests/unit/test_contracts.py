@@ -296,3 +296,33 @@ def test_cli_contracts_check_exit_codes(schemas: Path) -> None:
     assert bad.exit_code == 1, bad.output
     assert "removed field properties.result_count" in bad.output
     assert "v2 -> v3" in bad.output
+
+
+def test_fast_path_agrees_with_the_full_validator(registry: ContractRegistry) -> None:
+    from datetime import UTC, datetime
+
+    from pipelines.synthetic.clickstream import ClickstreamGenerator
+
+    generator = ClickstreamGenerator(
+        users=100, items=50, seed=9, bad_fraction=0.5, end=datetime(2026, 11, 20, tzinfo=UTC)
+    )
+    raws = [e.value for e in generator.events(3_000)]
+    edge_cases = [
+        event(schema_version=True),  # a bool is not an integer
+        event(timestamp=1.5),  # a float is not epoch ms
+        event(timestamp="2026-11-10T10:00:00"),  # date-time without an offset
+        event(event_id="3F1C1A0E-8B7A-4A51-9A6B-0D2B3B7F0E11"),  # upper-case UUID is valid
+        event(context={"locale": "en-us"}),  # pattern
+        event(properties={"order_id": "", "revenue": 1, "currency": "EUR", "quantity": 1}),
+        event(user_id="x" * 129),  # maxLength
+    ]
+    raws += [json.dumps(e).encode() for e in edge_cases] + [b"NaN", b"[]", b'{"a": NaN}', None]
+    for raw in raws:
+        fast = [v.rule for v in registry.check_json(raw)]
+        try:
+            full = (
+                [v.rule for v in registry.violations(json.loads(raw))] if raw is not None else None
+            )
+        except ValueError:
+            full = ["json_parse"]
+        assert fast == (full if full is not None else ["json_parse"]), raw
