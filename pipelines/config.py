@@ -237,6 +237,22 @@ class DemoSettings(_Model):
     seed: int = 42
 
 
+class GoldSettings(_Model):
+    max_rows_per_trigger: int | None = Field(default=200_000, ge=1)
+    on_suite_failure: Literal["stop", "continue"] = Field(
+        default="stop",
+        description="A candidate batch that fails its gold suite is never published; 'stop' "
+        "fails the query, 'continue' records the failure and goes on with the next batch.",
+    )
+    max_staleness: str = "7 days"
+
+    @field_validator("max_staleness")
+    @classmethod
+    def _is_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
 class Settings(_Model):
     """The whole configuration of one environment."""
 
@@ -248,6 +264,7 @@ class Settings(_Model):
     spark: SparkSettings = SparkSettings()
     quality: QualitySettings = QualitySettings()
     silver: SilverSettings = SilverSettings()
+    gold: GoldSettings = GoldSettings()
     demo: DemoSettings = DemoSettings()
     conf_dir: str = Field(
         default="conf", description="Set by the loader: where the YAML came from."

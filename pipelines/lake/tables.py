@@ -156,6 +156,41 @@ SILVER_SESSIONS = TableSpec(
     "MERGEd by session_id when new or late events arrive.",
 )
 
+
+def _gold_schema(kind: str) -> StructType:
+    from pipelines.gold.features import ITEM_FEATURES_SCHEMA, USER_FEATURES_SCHEMA
+
+    features = USER_FEATURES_SCHEMA if kind == "user" else ITEM_FEATURES_SCHEMA
+    return StructType(
+        [
+            *features.fields,
+            StructField("published_at", TimestampType(), False),
+            StructField("load_id", StringType(), False),
+        ]
+    )
+
+
+GOLD_USER_FEATURES = TableSpec(
+    name="gold.user_features",
+    schema=_gold_schema("user"),
+    description="Current features per user (as of feature_ts), MERGE-upserted by user_id.",
+)
+GOLD_USER_FEATURES_HISTORY = TableSpec(
+    name="gold.user_features_history",
+    schema=_gold_schema("user"),
+    description="Every published user feature row with its feature_ts: the point-in-time source.",
+)
+GOLD_ITEM_FEATURES = TableSpec(
+    name="gold.item_features",
+    schema=_gold_schema("item"),
+    description="Current features per item (as of feature_ts), MERGE-upserted by item_id.",
+)
+GOLD_ITEM_FEATURES_HISTORY = TableSpec(
+    name="gold.item_features_history",
+    schema=_gold_schema("item"),
+    description="Every published item feature row with its feature_ts: the point-in-time source.",
+)
+
 _COUNTS = MapType(StringType(), LongType(), False)
 
 QUALITY_BATCH_RESULTS = TableSpec(
@@ -205,6 +240,21 @@ QUALITY_SUITE_RESULTS = TableSpec(
     description="Great Expectations suite results, one row per validated batch.",
 )
 
+LAKE_SNAPSHOTS = TableSpec(
+    name="lake.snapshots",
+    schema=StructType(
+        [
+            StructField("name", StringType(), False),
+            StructField("table", StringType(), False),
+            StructField("version", LongType(), False),
+            StructField("created_at", TimestampType(), False),
+            StructField("note", StringType(), True),
+        ]
+    ),
+    description="Named snapshots: one row per (snapshot name, table) with the pinned Delta "
+    "version. Maintenance keeps the files of every pinned version.",
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in [
@@ -212,8 +262,13 @@ TABLES: dict[str, TableSpec] = {
         SILVER_EVENTS,
         SILVER_QUARANTINE,
         SILVER_SESSIONS,
+        GOLD_USER_FEATURES,
+        GOLD_USER_FEATURES_HISTORY,
+        GOLD_ITEM_FEATURES,
+        GOLD_ITEM_FEATURES_HISTORY,
         QUALITY_BATCH_RESULTS,
         QUALITY_SUITE_RESULTS,
+        LAKE_SNAPSHOTS,
     ]
 }
 

@@ -106,6 +106,30 @@ def silver_events_expectations(event_types: Sequence[str], max_rows: int) -> lis
     ]
 
 
+def gold_features_expectations(
+    key: str,
+    non_negative: Sequence[str],
+    rates: Sequence[str],
+    max_staleness: timedelta,
+) -> list[Expectation]:
+    """Expectations for a candidate batch of a gold feature table, checked before it is published.
+
+    Non-null unique keys, non-negative counts and amounts, rates in [0, 1], and freshness: the
+    batch's ``feature_ts`` no older than ``max_staleness`` before this call (re-register per batch).
+    """
+    # GX compares the column's min in Python, where Spark hands back naive UTC datetimes.
+    oldest = (datetime.now(UTC) - max_staleness).replace(tzinfo=None)
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column=key),
+        gxe.ExpectColumnValuesToBeUnique(column=key),
+        gxe.ExpectColumnValuesToNotBeNull(column="feature_ts"),
+        *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in non_negative),
+        *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=1) for c in rates),
+        gxe.ExpectColumnMinToBeBetween(column="feature_ts", min_value=oldest),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+
+
 class SuiteRunner:
     """Registers suites once and validates Spark DataFrames against them, call after call.
 

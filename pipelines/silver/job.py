@@ -22,7 +22,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
@@ -35,7 +34,6 @@ from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import (
     BRONZE_EVENTS_RAW,
     QUALITY_BATCH_RESULTS,
-    QUALITY_SUITE_RESULTS,
     SILVER_EVENTS,
     SILVER_QUARANTINE,
     TableSpec,
@@ -232,44 +230,20 @@ def silver_suite_validator(settings: Settings, catalog: Catalog) -> BatchValidat
     """The Great Expectations suite for silver.events, recording each result (idempotently) in
     ``quality.suite_results`` and its Data Docs under ``<storage root>/quality/gx``."""
     from pipelines.contracts import ContractRegistry
-    from pipelines.quality.suites import SuiteRunner, silver_events_expectations
+    from pipelines.quality.recording import SuiteRecorder
+    from pipelines.quality.suites import silver_events_expectations
 
-    gx = settings.quality.great_expectations
-    runner = SuiteRunner(gx_project_dir(settings), data_docs=gx.data_docs)
+    recorder = SuiteRecorder(settings, catalog)
     max_rows = settings.silver.max_rows_per_trigger or 10_000_000
     event_types = ContractRegistry().event_types
-    appender = DeltaAppender(catalog, QUALITY_SUITE_RESULTS)
 
     def validate(written: DataFrame, batch_id: int, load_id: str) -> None:
-        # Re-registered per batch (cheap): the suite's "not in the future" bound is set at
-        # registration, and a long-running query must not compare against a stale "now".
-        runner.register(SILVER_EVENTS.name, silver_events_expectations(event_types, max_rows))
-        result = runner.validate(written, SILVER_EVENTS.name, f"batch {batch_id}")
-        row = {
-            "table": SILVER_EVENTS.name,
-            "suite": result.suite,
-            "load_id": load_id,
-            "batch_id": batch_id,
-            "batch_label": result.batch_label,
-            "success": result.success,
-            "evaluated": result.evaluated,
-            "successful": result.successful,
-            "failed": list(result.failed),
-            "run_time": result.run_time,
-            "data_docs_index": result.data_docs_index,
-        }
-        data = pa.Table.from_pylist([row], schema=QUALITY_SUITE_RESULTS.arrow_schema)
-        app_id = f"{QUALITY_SUITE_RESULTS.name}:{load_id.split(':', maxsplit=1)[0]}"
-        appender.append(data, app_id, batch_id)
+        expectations = silver_events_expectations(event_types, max_rows)
+        recorder.validate(
+            SILVER_EVENTS.name, expectations, written, batch_id=batch_id, load_id=load_id
+        )
 
     return validate
-
-
-def gx_project_dir(settings: Settings) -> Path:
-    root = settings.storage.resolved().root
-    if "://" in root:
-        raise ValueError("Great Expectations Data Docs need a local storage root")
-    return Path(root) / "quality" / "gx"
 
 
 def _stop_on_fail_rules(failing: pa.Table, rule_set: RuleSet, batch_id: int) -> None:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, Transaction
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
@@ -33,8 +32,8 @@ from pipelines.silver.sessions import recompute_windows, session_changes, sessio
 from pipelines.streaming.delta_sink import (
     BatchHandler,
     DeltaAppender,
-    conform,
     query_id_from_checkpoint,
+    upsert,
 )
 from pipelines.streaming.queries import await_query, start_table_stream
 from pipelines.streaming.sources import delta_stream
@@ -105,13 +104,10 @@ def sessions_batch_handler(
                 .filter(F.col("session_start") >= F.col("window_start"))
                 .drop("window_start")
             )
-            raw = pa.table(session_changes(recomputed, existing_in_window).toArrow())
-            changes = conform(
-                raw.drop_columns(["_delete"]), SILVER_SESSIONS.arrow_schema
-            ).append_column("_delete", raw.column("_delete"))
+            changes = pa.table(session_changes(recomputed, existing_in_window).toArrow())
         finally:
             windows.unpersist()
-        _merge(appender, changes, app_id, batch_id)
+        upsert(appender, changes, "session_id", app_id, batch_id, delete_flag="_delete")
         deletes = int(pc.sum(changes.column("_delete").cast(pa.int64())).as_py() or 0)
         stats.batches_written += 1
         stats.events_read += batch_df.count()
@@ -162,25 +158,3 @@ def run_sessions(
 def _silver_events_since(spark: SparkSession, catalog: Catalog, first_date: str) -> DataFrame:
     frame = catalog.read(spark, SILVER_EVENTS.name, partitions=[("event_date", ">=", first_date)])
     return session_events(frame)
-
-
-def _merge(appender: DeltaAppender, changes: pa.Table, app_id: str, batch_id: int) -> None:
-    if changes.num_rows == 0:
-        return
-    table = appender.table
-    (
-        table.merge(
-            source=changes,
-            predicate="t.session_id = s.session_id",
-            source_alias="s",
-            target_alias="t",
-            commit_properties=CommitProperties(
-                app_transactions=[Transaction(app_id, batch_id)],
-                custom_metadata={"lakehouse.batch_id": str(batch_id), "lakehouse.app_id": app_id},
-            ),
-        )
-        .when_matched_delete(predicate="s._delete")
-        .when_matched_update_all(predicate="NOT s._delete", except_cols=["_delete"])
-        .when_not_matched_insert_all(predicate="NOT s._delete", except_cols=["_delete"])
-        .execute()
-    )

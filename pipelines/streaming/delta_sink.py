@@ -108,6 +108,53 @@ class DeltaAppender:
         return AppendResult(False, data.num_rows, table.version(), time.perf_counter() - started)
 
 
+def upsert(
+    appender: DeltaAppender,
+    data: pa.Table,
+    key: str,
+    app_id: str,
+    batch_id: int,
+    *,
+    delete_flag: str | None = None,
+) -> int:
+    """MERGE ``data`` into the appender's table on ``key`` in one idempotent commit.
+
+    Matched rows are updated, new rows inserted; with ``delete_flag`` (a boolean column of
+    ``data``), matched rows flagged true are deleted instead. Returns the table version.
+    """
+    table = appender.table
+    if appender.committed(app_id, batch_id):
+        log.warning(
+            "%s: merge %s of %s already committed; skipping", appender.spec.name, batch_id, app_id
+        )
+        return int(table.version())
+    columns = [c for c in data.column_names if c != delete_flag]
+    source = conform(data.select(columns), appender.spec.arrow_schema)
+    if delete_flag is not None:
+        source = source.append_column(delete_flag, data.column(delete_flag))
+    if source.num_rows == 0:
+        return int(table.version())
+    except_cols = [delete_flag] if delete_flag else None
+    keep = f"NOT s.{delete_flag}" if delete_flag else None
+    merger = table.merge(
+        source=source,
+        predicate=f"t.{key} = s.{key}",
+        source_alias="s",
+        target_alias="t",
+        commit_properties=CommitProperties(
+            app_transactions=[Transaction(app_id, batch_id)],
+            custom_metadata={"lakehouse.batch_id": str(batch_id), "lakehouse.app_id": app_id},
+        ),
+    )
+    if delete_flag is not None:
+        merger = merger.when_matched_delete(predicate=f"s.{delete_flag}")
+    merger.when_matched_update_all(
+        predicate=keep, except_cols=except_cols
+    ).when_not_matched_insert_all(predicate=keep, except_cols=except_cols).execute()
+    table.update_incremental()
+    return int(table.version())
+
+
 def delta_rs_append(
     catalog: Catalog,
     spec: TableSpec,

@@ -1,0 +1,1 @@
+"""Gold: user and item features as of a feature timestamp, computed from silver."""

@@ -1,0 +1,507 @@
+"""Gold feature definitions and the pure transforms that compute them as of a feature timestamp.
+
+Every feature is declared once in ``FEATURES``; the table schemas, the column order and types of
+the transforms' output and ``docs/FEATURES.md`` are all derived from it.
+
+Semantics shared by every feature, for a feature timestamp ``T`` (``as_of``):
+
+- only events with ``event_ts <= T`` and sessions with ``session_start <= T`` exist; anything
+  later is ignored, so a row never sees its own future;
+- a window ``w`` is the half-open interval ``(T - w, T]``: an event exactly at ``T - w`` is out,
+  an event exactly at ``T`` is in. Windows are fixed durations (``7d`` is 168 hours);
+- ``feature_ts`` is ``T`` on every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    DataType,
+    DoubleType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from pipelines.config import EVENT_TYPES
+
+USER_FEATURES_TABLE = "gold.user_features"
+ITEM_FEATURES_TABLE = "gold.item_features"
+
+WINDOWS: dict[str, timedelta] = {
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
+ITEM_WINDOWS = ("1h", "24h", "7d")
+
+# How much one event says about interest in its category / item; searches say nothing.
+INTERACTION_WEIGHTS: dict[str, int] = {"page_view": 1, "click": 2, "add_to_cart": 4, "purchase": 8}
+TOP_CATEGORIES = 5
+COLD_START_EVENTS = 5  # a user with fewer events than this in 30 days is cold
+
+# Item count features: name prefix -> event type.
+_ITEM_COUNTS = {
+    "views": "page_view",
+    "clicks": "click",
+    "add_to_carts": "add_to_cart",
+    "purchases": "purchase",
+}
+
+
+@dataclass(frozen=True)
+class FeatureDefinition:
+    """One gold feature column: where it lives, what it reads and what it means."""
+
+    name: str  # column name, e.g. "page_view_count_1h"
+    table: str  # USER_FEATURES_TABLE or ITEM_FEATURES_TABLE
+    window: str | None  # a key of WINDOWS, or None when the feature is not windowed
+    source: str  # the silver table (and how) the feature reads
+    description: str
+    dtype: str  # Spark DDL type of the column
+    # Whether Spark types the column nullable. The schema constants must equal the transforms'
+    # output, so this follows Spark: divisions and max() are typed nullable even when, as for
+    # last_event_ts, recency_s and trending_score, the value is never null.
+    nullable: bool = False
+
+
+def _user(
+    name: str,
+    window: str | None,
+    source: str,
+    description: str,
+    dtype: str,
+    *,
+    nullable: bool = False,
+) -> FeatureDefinition:
+    return FeatureDefinition(
+        name, USER_FEATURES_TABLE, window, source, description, dtype, nullable
+    )
+
+
+def _item(
+    name: str,
+    window: str | None,
+    source: str,
+    description: str,
+    dtype: str,
+    *,
+    nullable: bool = False,
+) -> FeatureDefinition:
+    return FeatureDefinition(
+        name, ITEM_FEATURES_TABLE, window, source, description, dtype, nullable
+    )
+
+
+_TOP_CATEGORIES_DTYPE = "array<struct<category:string,weight:double>>"
+_WEIGHTS_TEXT = ", ".join(f"{t} {w}" for t, w in INTERACTION_WEIGHTS.items())
+_ITEM_SCORE_TEXT = " + ".join(
+    f"{INTERACTION_WEIGHTS[t]}*{name}_w" for name, t in _ITEM_COUNTS.items()
+)
+
+FEATURES: tuple[FeatureDefinition, ...] = (
+    *(
+        _user(
+            f"{event_type}_count_{window}",
+            window,
+            "silver.events",
+            f"Number of the user's `{event_type}` events in the window (0 when none).",
+            "bigint",
+        )
+        for event_type in EVENT_TYPES
+        for window in WINDOWS
+    ),
+    _user(
+        "distinct_items_30d",
+        "30d",
+        "silver.events",
+        "Number of distinct non-null `item_id`s the user interacted with.",
+        "bigint",
+    ),
+    _user(
+        "top_categories",
+        "30d",
+        "silver.events",
+        f"The user's top {TOP_CATEGORIES} categories (`properties.category`) by weighted "
+        f"interactions ({_WEIGHTS_TEXT}; search 0). `weight` is the category's score over the "
+        "score of all the user's categories (all weights sum to 1); sorted by weight descending, "
+        "then category ascending; empty when none.",
+        _TOP_CATEGORIES_DTYPE,
+    ),
+    _user(
+        "last_event_ts",
+        None,
+        "silver.events (latest)",
+        "Time of the user's latest event at or before `feature_ts`.",
+        "timestamp",
+        nullable=True,
+    ),
+    _user(
+        "recency_s",
+        None,
+        "silver.events (latest)",
+        "Seconds from `last_event_ts` to `feature_ts`.",
+        "double",
+        nullable=True,
+    ),
+    _user(
+        "sessions_7d",
+        "7d",
+        "silver.sessions",
+        "Number of the user's sessions whose `session_start` is in the window.",
+        "bigint",
+    ),
+    _user(
+        "mean_session_length_s_7d",
+        "7d",
+        "silver.sessions",
+        "Mean `duration_s` of those sessions (0.0 when none).",
+        "double",
+    ),
+    _user(
+        "purchases_30d",
+        "30d",
+        "silver.events",
+        "Number of the user's purchases.",
+        "bigint",
+    ),
+    _user(
+        "revenue_30d",
+        "30d",
+        "silver.events",
+        "Sum of `properties.revenue` over the user's purchases (0.0 when none).",
+        "double",
+    ),
+    _user(
+        "is_cold_start",
+        "30d",
+        "silver.events",
+        f"True when the user has fewer than {COLD_START_EVENTS} events (of any type).",
+        "boolean",
+    ),
+    *(
+        _item(
+            f"{name}_{window}",
+            window,
+            "silver.events",
+            f"Number of `{event_type}` events on the item in the window (0 when none).",
+            "bigint",
+        )
+        for name, event_type in _ITEM_COUNTS.items()
+        for window in ITEM_WINDOWS
+    ),
+    _item(
+        "ctr_7d",
+        "7d",
+        "silver.events",
+        "`clicks_7d / views_7d`, capped at 1.0; 0.0 when there are no views.",
+        "double",
+    ),
+    _item(
+        "conversion_rate_7d",
+        "7d",
+        "silver.events",
+        "`purchases_7d / clicks_7d`, capped at 1.0; 0.0 when there are no clicks.",
+        "double",
+    ),
+    _item(
+        "trending_score",
+        "7d",
+        "silver.events",
+        f"`(s_24h + 1) / (s_7d / 7 + 1)` where `s_w = {_ITEM_SCORE_TEXT}`: about 1 when the "
+        "last day is a typical day of the week, above 1 when the item is rising.",
+        "double",
+        nullable=True,
+    ),
+    _item(
+        "category",
+        None,
+        "silver.events (latest)",
+        "`properties.category` of the item's latest event that has one (ties on `event_ts` "
+        "broken by the greatest `event_id`); null when none.",
+        "string",
+        nullable=True,
+    ),
+)
+
+# The Spark types a feature may declare, keyed by their DDL spelling.
+_SPARK_TYPES: dict[str, DataType] = {
+    t.simpleString(): t
+    for t in (
+        LongType(),
+        DoubleType(),
+        BooleanType(),
+        StringType(),
+        TimestampType(),
+        ArrayType(
+            StructType([StructField("category", StringType()), StructField("weight", DoubleType())])
+        ),
+    )
+}
+
+_KEYS = {USER_FEATURES_TABLE: "user_id", ITEM_FEATURES_TABLE: "item_id"}
+
+
+def spark_type(feature: FeatureDefinition) -> DataType:
+    """The Spark type of a feature's column, from its DDL ``dtype``."""
+    if feature.dtype not in _SPARK_TYPES:
+        raise ValueError(
+            f"feature {feature.name!r} declares dtype {feature.dtype!r}; "
+            f"use one of: {', '.join(sorted(_SPARK_TYPES))}"
+        )
+    return _SPARK_TYPES[feature.dtype]
+
+
+def table_features(table: str) -> tuple[FeatureDefinition, ...]:
+    """The features of one gold table, in column order."""
+    if table not in _KEYS:
+        raise ValueError(f"unknown gold feature table {table!r} (known: {', '.join(_KEYS)})")
+    return tuple(f for f in FEATURES if f.table == table)
+
+
+def _table_schema(table: str) -> StructType:
+    # The key is as nullable as the input's (silver's columns all are).
+    return StructType(
+        [
+            StructField(_KEYS[table], StringType(), True),
+            StructField("feature_ts", TimestampType(), False),
+            *(StructField(f.name, spark_type(f), f.nullable) for f in table_features(table)),
+        ]
+    )
+
+
+USER_FEATURES_SCHEMA = _table_schema(USER_FEATURES_TABLE)
+ITEM_FEATURES_SCHEMA = _table_schema(ITEM_FEATURES_TABLE)
+
+
+def user_features(events: DataFrame, sessions: DataFrame, as_of: datetime) -> DataFrame:
+    """One row of user features as of ``as_of`` per user with an event at or before it.
+
+    ``events`` are silver events, ``sessions`` silver sessions; rows after ``as_of`` (and events
+    without a user or a time) are ignored, so a user whose only events are later gets no row.
+    Columns: ``USER_FEATURES_SCHEMA``.
+    """
+    _check_as_of(as_of)
+    event_type = F.col("event_type")
+    past = events.where(F.col("user_id").isNotNull() & (F.col("event_ts") <= F.lit(as_of)))
+    in_30d = _within(F.col("event_ts"), as_of, "30d")
+    is_purchase = event_type == "purchase"
+    per_user = past.groupBy("user_id").agg(
+        *(
+            F.count_if((event_type == t) & _within(F.col("event_ts"), as_of, w)).alias(
+                f"{t}_count_{w}"
+            )
+            for t in EVENT_TYPES
+            for w in WINDOWS
+        ),
+        F.count_distinct(F.when(in_30d, F.col("item_id"))).alias("distinct_items_30d"),
+        F.max("event_ts").alias("last_event_ts"),
+        F.count_if(is_purchase & in_30d).alias("purchases_30d"),
+        F.sum(F.when(is_purchase & in_30d, F.col("properties.revenue"))).alias("_revenue"),
+        F.count_if(in_30d).alias("_events_30d"),
+    )
+    per_session_user = (
+        sessions.where(F.col("user_id").isNotNull() & _within(F.col("session_start"), as_of, "7d"))
+        .groupBy("user_id")
+        .agg(
+            F.count(F.lit(1)).alias("_sessions"),
+            F.avg("duration_s").alias("_mean_session_length"),
+        )
+    )
+    top_categories = _top_categories(past.where(in_30d))
+    joined = per_user.join(per_session_user, "user_id", "left").join(
+        top_categories, "user_id", "left"
+    )
+    top_categories_type = spark_type(_feature("top_categories"))
+    columns = {
+        **{f"{t}_count_{w}": F.col(f"{t}_count_{w}") for t in EVENT_TYPES for w in WINDOWS},
+        "distinct_items_30d": F.col("distinct_items_30d"),
+        "top_categories": F.coalesce(
+            F.col("_top_categories").cast(top_categories_type),
+            F.array().cast(top_categories_type),
+        ),
+        "last_event_ts": F.col("last_event_ts"),
+        "recency_s": (F.unix_micros(F.lit(as_of)) - F.unix_micros(F.col("last_event_ts")))
+        / 1_000_000,
+        "sessions_7d": F.coalesce(F.col("_sessions"), F.lit(0)),
+        "mean_session_length_s_7d": F.coalesce(F.col("_mean_session_length"), F.lit(0.0)),
+        "purchases_30d": F.col("purchases_30d"),
+        "revenue_30d": F.coalesce(F.col("_revenue"), F.lit(0.0)),
+        "is_cold_start": F.col("_events_30d") < COLD_START_EVENTS,
+    }
+    return _feature_rows(joined, USER_FEATURES_TABLE, as_of, columns)
+
+
+def item_features(events: DataFrame, as_of: datetime) -> DataFrame:
+    """One row of item features as of ``as_of`` per non-null ``item_id`` with an event by then.
+
+    Events after ``as_of`` or without an item are ignored. Columns: ``ITEM_FEATURES_SCHEMA``.
+    """
+    _check_as_of(as_of)
+    event_type = F.col("event_type")
+    category = F.col("properties.category")
+    past = events.where(F.col("item_id").isNotNull() & (F.col("event_ts") <= F.lit(as_of)))
+    per_item = past.groupBy("item_id").agg(
+        *(
+            F.count_if((event_type == t) & _within(F.col("event_ts"), as_of, w)).alias(
+                f"{name}_{w}"
+            )
+            for name, t in _ITEM_COUNTS.items()
+            for w in ITEM_WINDOWS
+        ),
+        # max_by skips rows whose ordering is null: the latest event that has a category.
+        F.max_by(category, F.when(category.isNotNull(), F.struct("event_ts", "event_id"))).alias(
+            "category"
+        ),
+    )
+
+    def score(window: str) -> Column:
+        return sum(
+            (
+                INTERACTION_WEIGHTS[t] * F.col(f"{name}_{window}")
+                for name, t in _ITEM_COUNTS.items()
+            ),
+            F.lit(0),
+        )
+
+    columns = {
+        **{f"{n}_{w}": F.col(f"{n}_{w}") for n in _ITEM_COUNTS for w in ITEM_WINDOWS},
+        "ctr_7d": _capped_ratio(F.col("clicks_7d"), F.col("views_7d")),
+        "conversion_rate_7d": _capped_ratio(F.col("purchases_7d"), F.col("clicks_7d")),
+        "trending_score": (score("24h") + 1) / (score("7d") / 7 + 1),
+        "category": F.col("category"),
+    }
+    return _feature_rows(per_item, ITEM_FEATURES_TABLE, as_of, columns)
+
+
+def features_markdown() -> str:
+    """The full text of ``docs/FEATURES.md``, generated from ``FEATURES``."""
+    windows = ", ".join(f"`{w}`" for w in WINDOWS)
+    lines = [
+        "# Gold features",
+        "",
+        "Generated from `pipelines.gold.features.FEATURES` by `features_markdown()`; "
+        "do not edit by hand.",
+        "",
+        "Every gold row holds the features of one key **as of** its feature timestamp "
+        "`feature_ts` (T):",
+        "",
+        "- only events with `event_ts <= T` and sessions with `session_start <= T` count; "
+        "later data is ignored, so a row never sees its future and training sets can join "
+        "features as of a label's time;",
+        "- a window `w` is the interval `(T - w, T]`: an event exactly at `T - w` is outside, "
+        f"an event exactly at `T` is inside. Windows ({windows}) are fixed durations in event "
+        "time (`7d` is 168 hours);",
+        "- features without a window (`—`) use every event up to T that the gold job reads "
+        "(the last 30 days);",
+        "- the current tables hold one row per key, MERGE-upserted when a micro-batch brings new "
+        "events for it; the `_history` tables keep every published row with its `feature_ts`.",
+        "",
+    ]
+    for table, key in _KEYS.items():
+        lines += [
+            f"## `{table}`",
+            "",
+            f"Key: `{key}` (string), one row per {key.removesuffix('_id')} with an event at or "
+            "before T; `feature_ts` (timestamp) is T.",
+            "",
+            "| name | type | window | source | description |",
+            "|---|---|---|---|---|",
+            *(
+                f"| `{f.name}` | `{f.dtype}` | {f.window or '—'} | {f.source} | "
+                f"{_cell(f.description)} |"
+                for f in table_features(table)
+            ),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _check_as_of(as_of: datetime) -> None:
+    if as_of.tzinfo is None or as_of.utcoffset() is None:
+        raise ValueError(
+            f"as_of must be timezone-aware, got naive {as_of.isoformat()}; "
+            "pass e.g. as_of.replace(tzinfo=UTC)"
+        )
+
+
+def _within(ts: Column, as_of: datetime, window: str) -> Column:
+    """``ts`` in ``(as_of - window, as_of]``."""
+    return (ts > F.lit(as_of - WINDOWS[window])) & (ts <= F.lit(as_of))
+
+
+def _top_categories(events: DataFrame) -> DataFrame:
+    """Per user, the top categories by weighted interactions with their share of the score."""
+    weight = F.coalesce(
+        *(F.when(F.col("event_type") == t, F.lit(w)) for t, w in INTERACTION_WEIGHTS.items()),
+        F.lit(0),
+    )
+    scores = (
+        events.where(F.col("properties.category").isNotNull())
+        .groupBy("user_id", F.col("properties.category").alias("_category"))
+        .agg(F.sum(weight).alias("_score"))
+        .where(F.col("_score") > 0)
+    )
+    # Sorting structs orders by their first field, then the next: score desc, category asc.
+    ranked = F.sort_array(
+        F.collect_list(
+            F.struct(
+                (-F.col("_score")).alias("neg_score"),
+                F.col("_category").alias("category"),
+                F.col("_score").alias("score"),
+            )
+        )
+    )
+    per_user = scores.groupBy("user_id").agg(
+        F.slice(ranked, 1, TOP_CATEGORIES).alias("_ranked"),
+        F.sum("_score").alias("_total"),
+    )
+    return per_user.select(
+        "user_id",
+        F.transform(
+            "_ranked",
+            lambda c: F.struct(
+                c["category"].alias("category"), (c["score"] / F.col("_total")).alias("weight")
+            ),
+        ).alias("_top_categories"),
+    )
+
+
+def _capped_ratio(numerator: Column, denominator: Column) -> Column:
+    """``numerator / denominator`` capped at 1.0, and 0.0 when the denominator is 0."""
+    return F.when(denominator == 0, F.lit(0.0)).otherwise(
+        F.least(numerator / denominator, F.lit(1.0))
+    )
+
+
+def _feature(name: str) -> FeatureDefinition:
+    return next(f for f in FEATURES if f.name == name)
+
+
+def _feature_rows(
+    frame: DataFrame, table: str, as_of: datetime, columns: Mapping[str, Column]
+) -> DataFrame:
+    """The key, ``feature_ts`` and every feature of ``table`` in ``FEATURES`` order and types."""
+    features = table_features(table)
+    undefined = sorted({f.name for f in features} ^ set(columns))
+    if undefined:
+        raise ValueError(f"{table}: features without a definition or a column: {undefined}")
+    return frame.select(
+        F.col(_KEYS[table]),
+        F.lit(as_of).alias("feature_ts"),
+        *(columns[f.name].cast(spark_type(f)).alias(f.name) for f in features),
+    )
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")

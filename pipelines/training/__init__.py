@@ -1,0 +1,1 @@
+"""Training: point-in-time training sets built from the gold feature history."""
