@@ -80,6 +80,14 @@ app.add_typer(run_app, name="run")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(bench_app, name="bench")
 app.add_typer(quality_app, name="quality")
+snapshot_app = typer.Typer(
+    help="Named snapshots: table -> Delta version, pinned.", no_args_is_help=True
+)
+training_app = typer.Typer(help="Point-in-time training sets.", no_args_is_help=True)
+features_app = typer.Typer(help="Feature definitions.", no_args_is_help=True)
+app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(training_app, name="training-set")
+app.add_typer(features_app, name="features")
 
 out = Console()
 err = Console(stderr=True)
@@ -692,6 +700,297 @@ def _candidate_contract(
     return EventContract(event_type, version, flat, path)
 
 
+@run_app.command("gold")
+@friendly_errors
+def run_gold_cmd(
+    available_now: AvailableNowOption = False,
+    processing_time: ProcessingTimeOption = None,
+    timeout: TimeoutOption = None,
+    gx: Annotated[
+        bool, typer.Option("--gx/--no-gx", help="Gate every batch with the gold suites (config).")
+    ] = True,
+    env: EnvOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """silver.events -> gold.user_features / gold.item_features (+ history), gated by GX."""
+    from pipelines.gold.job import gold_suite_gate, run_gold
+
+    settings = _settings(env)
+    trigger = _trigger(settings, available_now, processing_time)
+    spark = _spark(settings)
+    gate = (
+        gold_suite_gate(settings, Catalog(settings.storage))
+        if gx and settings.quality.great_expectations.enabled
+        else None
+    )
+    console = err if as_json else out
+    with console.status(f"gold: {trigger.mode} from silver.events"):
+        run = run_gold(spark, settings, trigger=trigger, gate=gate, timeout_s=timeout)
+    summary = {
+        "batches_published": run.stats.batches_published,
+        "batches_rejected": run.stats.batches_rejected,
+        "users_published": run.stats.users_published,
+        "items_published": run.stats.items_published,
+        "feature_ts": [t.isoformat() for t in run.stats.feature_ts],
+        "rejections": run.stats.rejections,
+        "versions": run.versions,
+        "query_id": run.query_id,
+    }
+    if as_json:
+        print(json.dumps(summary))
+        return
+    out.print(
+        f"gold: {run.stats.users_published:,} user rows and "
+        f"{run.stats.items_published:,} item rows "
+        f"published in {run.stats.batches_published} batches "
+        f"({run.stats.batches_rejected} rejected by their suites)"
+    )
+    for rejection in run.stats.rejections:
+        out.print(f"  [red]✗[/] {rejection}", highlight=False)
+
+
+# -- snapshots, maintenance, training sets, features -------------------------------------------
+@snapshot_app.command("create")
+@friendly_errors
+def snapshot_create(
+    name: Annotated[str, typer.Argument(help="Snapshot name, e.g. train-2026-11.")],
+    tables: Annotated[
+        list[str] | None,
+        typer.Option("--tables", help="Tables to pin (repeatable; default: silver + gold)."),
+    ] = None,
+    note: Annotated[str, typer.Option(help="Free text kept with the snapshot.")] = "",
+    validate: Annotated[
+        bool,
+        typer.Option("--validate/--no-validate", help="Validate gold tables with their suites."),
+    ] = True,
+    env: EnvOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Pin the current Delta version of each table under NAME (refused if validation fails)."""
+    from pipelines.demo import DEFAULT_SNAPSHOT_TABLES
+    from pipelines.gold.job import gold_snapshot_validator
+    from pipelines.lake.snapshots import Snapshots
+
+    settings = _settings(env)
+    catalog = Catalog(settings.storage)
+    validator = (
+        gold_snapshot_validator(_spark(settings), settings, catalog, name) if validate else None
+    )
+    snap = Snapshots(catalog).create(name, tables or list(DEFAULT_SNAPSHOT_TABLES), note, validator)
+    _print_snapshot(snap, as_json)
+
+
+@snapshot_app.command("list")
+@friendly_errors
+def snapshot_list(env: EnvOption = None, as_json: JsonOption = False) -> None:
+    """Every snapshot, newest first."""
+    from pipelines.lake.snapshots import Snapshots
+
+    snaps = Snapshots(Catalog(_settings(env).storage)).list()
+    if as_json:
+        print(json.dumps({"snapshots": [_snapshot_dict(s) for s in snaps]}))
+        return
+    table = Table("snapshot", "created", "tables", "note")
+    for snap in snaps:
+        pins = ", ".join(f"{t}@v{v}" for t, v in sorted(snap.versions.items()))
+        table.add_row(snap.name, f"{snap.created_at:%Y-%m-%d %H:%M:%S}", pins, snap.note)
+    out.print(table)
+
+
+@snapshot_app.command("show")
+@friendly_errors
+def snapshot_show(
+    name: Annotated[str, typer.Argument(help="Snapshot name.")],
+    env: EnvOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The tables and Delta versions a snapshot pins."""
+    from pipelines.lake.snapshots import Snapshots
+
+    _print_snapshot(Snapshots(Catalog(_settings(env).storage)).get(name), as_json)
+
+
+@snapshot_app.command("delete")
+@friendly_errors
+def snapshot_delete(
+    name: Annotated[str, typer.Argument(help="Snapshot name.")], env: EnvOption = None
+) -> None:
+    """Forget a snapshot (its versions are no longer protected from VACUUM)."""
+    from pipelines.lake.snapshots import Snapshots
+
+    Snapshots(Catalog(_settings(env).storage)).delete(name)
+    out.print(f"snapshot {name} deleted")
+
+
+def _snapshot_dict(snap: Any) -> dict[str, Any]:
+    return {
+        "name": snap.name,
+        "versions": snap.versions,
+        "created_at": snap.created_at.isoformat(),
+        "note": snap.note,
+    }
+
+
+def _print_snapshot(snap: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(_snapshot_dict(snap)))
+        return
+    table = Table(
+        "table", "version", title=f"snapshot {snap.name} ({snap.created_at:%Y-%m-%d %H:%M:%S})"
+    )
+    for name, version in sorted(snap.versions.items()):
+        table.add_row(name, str(version))
+    out.print(table)
+
+
+@app.command("maintain")
+@friendly_errors
+def maintain_cmd(
+    tables: Annotated[
+        list[str] | None, typer.Option("--tables", help="Tables (default: all).")
+    ] = None,
+    retention_hours: Annotated[float, typer.Option(min=0, help="VACUUM retention.")] = 168,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report only; change nothing.")
+    ] = False,
+    env: EnvOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """OPTIMIZE (compact small files) and VACUUM every table; files pinned snapshots need stay."""
+    from pipelines.lake.maintenance import maintain
+
+    report = maintain(
+        Catalog(_settings(env).storage), tables, retention_hours=retention_hours, dry_run=dry_run
+    )
+    if as_json:
+        print(json.dumps({"dry_run": report.dry_run, "tables": report.tables}, default=str))
+        return
+    table = Table(
+        "table",
+        "version",
+        "compacted (removed -> added)",
+        "vacuumed files",
+        "freed",
+        "pinned versions",
+        title="maintenance" + (" (dry run)" if dry_run else ""),
+    )
+    for row in report.tables:
+        if not row.get("exists"):
+            continue
+        compaction = row.get("compaction") or {}
+        table.add_row(
+            row["table"],
+            f"{row['version_before']} -> {row['version_after']}",
+            f"{compaction.get('files_removed', 0)} -> {compaction.get('files_added', 0)}",
+            str(row.get("vacuumed", 0)),
+            _size(int(row.get("bytes_freed") or 0)),
+            ", ".join(map(str, sorted(row.get("pinned_versions") or []))) or "-",
+        )
+    out.print(table)
+
+
+@training_app.command("build")
+@friendly_errors
+def training_set_build(
+    snapshot: Annotated[str, typer.Option(help="Snapshot whose versions are read.")],
+    labels: Annotated[
+        str, typer.Option(help="Outcome that makes a positive: purchase | click.")
+    ] = "purchase",
+    horizon: Annotated[
+        str, typer.Option(help="Outcome window after the exposure, e.g. 24h.")
+    ] = "24h",
+    seed: Annotated[int, typer.Option(help="Seed of the negative sampling.")] = 42,
+    negatives: Annotated[int, typer.Option(min=1, help="Sampled negatives per positive.")] = 4,
+    name: Annotated[
+        str | None, typer.Option(help="Training set name (default from the inputs).")
+    ] = None,
+    env: EnvOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Build a point-in-time training set: silver labels, features strictly before each label."""
+    from pipelines.config import parse_duration
+    from pipelines.training.sets import build_training_set
+
+    if labels not in ("purchase", "click"):
+        raise ConfigError(f"--labels must be purchase or click, not {labels!r}")
+    try:
+        parse_duration(horizon)
+    except ValueError as exc:
+        raise ConfigError(f"--horizon: {exc}") from None
+    settings = _settings(env)
+    result = build_training_set(
+        _spark(settings),
+        settings,
+        snapshot=snapshot,
+        label_event=labels,
+        horizon=horizon,
+        seed=seed,
+        negatives_per_positive=negatives,
+        name=name,
+    )
+    if as_json:
+        print(json.dumps(result.__dict__))
+        return
+    out.print(
+        f"training set [bold]{result.name}[/]: {result.rows:,} rows "
+        f"({result.positives:,} positives) "
+        f"from snapshot {result.snapshot}; digest {result.digest}"
+    )
+    out.print(
+        "  read " + ", ".join(f"{t}@v{v}" for t, v in sorted(result.versions.items())),
+        highlight=False,
+    )
+
+
+@training_app.command("list")
+@friendly_errors
+def training_set_list(env: EnvOption = None, as_json: JsonOption = False) -> None:
+    """Every training set built, newest first."""
+    from pipelines.training.sets import training_sets
+
+    rows = training_sets(Catalog(_settings(env).storage))
+    if as_json:
+        print(json.dumps({"training_sets": rows}, default=str))
+        return
+    table = Table("name", "snapshot", "labels", "rows", "positives", "digest")
+    for row in rows:
+        table.add_row(
+            str(row["name"]),
+            str(row["snapshot"]),
+            f"{row['label_event']} / {row['horizon']}",
+            f"{row['rows']:,}",
+            f"{row['positives']:,}",
+            str(row["digest"])[:16] + "…",
+        )
+    out.print(table)
+
+
+@features_app.command("docs")
+@friendly_errors
+def features_docs(
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the Markdown.")] = Path(
+        "docs/FEATURES.md"
+    ),
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 if the file is out of date.")
+    ] = False,
+) -> None:
+    """Write docs/FEATURES.md from the feature definitions (or check it is current)."""
+    from pipelines.gold.features import features_markdown
+
+    text = features_markdown()
+    if check:
+        current = out_file.read_text() if out_file.is_file() else ""
+        if current != text:
+            err.print(f"[red]{out_file} is out of date[/]; run `lakehouse features docs`")
+            raise typer.Exit(1)
+        out.print(f"{out_file} is up to date")
+        return
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(text)
+    out.print(f"wrote {out_file}")
+
+
 # -- quality ----------------------------------------------------------------------------------
 @quality_app.command("check")
 @friendly_errors
@@ -874,6 +1173,17 @@ def _print_demo(summary: dict[str, Any]) -> None:
     out.print(
         f"Great Expectations: {gx['suites_passed']}/{gx['suites_run']} batch suites passed; "
         f"Data Docs: {gx['data_docs'] or '-'}"
+    )
+    gold, training = summary["gold"], summary["training_set"]
+    out.print(
+        f"gold: {gold['user_features']:,} users and {gold['item_features']:,} items with features "
+        f"({gold['batches_published']} batches published, {gold['batches_rejected']} rejected)"
+    )
+    pins = ", ".join(f"{t}@v{v}" for t, v in sorted(summary["snapshot"]["versions"].items()))
+    out.print(f"snapshot {summary['snapshot']['name']}: {pins}", highlight=False)
+    out.print(
+        f"training set {training['name']}: {training['rows']:,} rows "
+        f"({training['positives']:,} positives), digest {training['digest'][:16]}…"
     )
     out.print(f"total {summary['seconds']}s")
     example = "SELECT failed_rules, count(*) FROM silver.quarantine GROUP BY 1"

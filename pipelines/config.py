@@ -245,8 +245,13 @@ class GoldSettings(_Model):
         "fails the query, 'continue' records the failure and goes on with the next batch.",
     )
     max_staleness: str = "7 days"
+    publish_every: str = Field(
+        default="1 hour",
+        description="Event-time slice of published history: a micro-batch spanning several "
+        "slices (a backfill, a large batch) publishes features as of each slice's end.",
+    )
 
-    @field_validator("max_staleness")
+    @field_validator("max_staleness", "publish_every")
     @classmethod
     def _is_duration(cls, value: str) -> str:
         parse_duration(value)

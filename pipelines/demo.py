@@ -19,9 +19,15 @@ from pyspark.sql import SparkSession
 
 from pipelines.bronze.job import run_bronze
 from pipelines.config import Settings, TriggerSettings
+from pipelines.gold.job import gold_snapshot_validator, gold_suite_gate, run_gold
 from pipelines.lake.catalog import Catalog
+from pipelines.lake.snapshots import Snapshots
 from pipelines.lake.tables import (
     BRONZE_EVENTS_RAW,
+    GOLD_ITEM_FEATURES,
+    GOLD_ITEM_FEATURES_HISTORY,
+    GOLD_USER_FEATURES,
+    GOLD_USER_FEATURES_HISTORY,
     SILVER_EVENTS,
     SILVER_QUARANTINE,
     SILVER_SESSIONS,
@@ -32,7 +38,17 @@ from pipelines.silver.sessions_job import run_sessions
 from pipelines.streaming.kafka import embedded_broker
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import publish_clickstream
+from pipelines.training.sets import build_training_set
 
+DEMO_SNAPSHOT = "demo"
+DEFAULT_SNAPSHOT_TABLES = (
+    "silver.events",
+    "silver.sessions",
+    "gold.user_features",
+    "gold.user_features_history",
+    "gold.item_features",
+    "gold.item_features_history",
+)
 # Only these folders under the storage root are reset; the root itself is never removed.
 _DEMO_STATE = ("tables", "_checkpoints", "quality")
 
@@ -137,6 +153,23 @@ def run_demo(
     t0 = time.perf_counter()
     sessions = run_sessions(spark, settings, trigger=available_now)
     sessions_s = time.perf_counter() - t0
+    hooks.stage("running gold (user and item features, gated by their suites)")
+    t0 = time.perf_counter()
+    gate = (
+        gold_suite_gate(settings, catalog) if settings.quality.great_expectations.enabled else None
+    )
+    gold = run_gold(spark, settings, trigger=available_now, gate=gate)
+    gold_s = time.perf_counter() - t0
+    hooks.stage("creating snapshot 'demo' and a point-in-time training set")
+    snapshot = Snapshots(catalog).create(
+        DEMO_SNAPSHOT,
+        DEFAULT_SNAPSHOT_TABLES,
+        "created by lakehouse demo",
+        gold_snapshot_validator(spark, settings, catalog, DEMO_SNAPSHOT),
+    )
+    training = build_training_set(
+        spark, settings, snapshot=DEMO_SNAPSHOT, label_event="purchase", horizon="24h", seed=42
+    )
     accounting = accounting_report(catalog)
     quality = latest_results(catalog, settings, limit=1_000)
     suites = quality["suites"]
@@ -177,6 +210,24 @@ def run_demo(
             "converted": _count_where(spark, catalog, SILVER_SESSIONS.name, "converted"),
             "table_version": sessions.table_version,
             "seconds": round(sessions_s, 2),
+        },
+        "gold": {
+            "user_features": catalog.info(GOLD_USER_FEATURES.name).rows,
+            "item_features": catalog.info(GOLD_ITEM_FEATURES.name).rows,
+            "user_features_history": catalog.info(GOLD_USER_FEATURES_HISTORY.name).rows,
+            "item_features_history": catalog.info(GOLD_ITEM_FEATURES_HISTORY.name).rows,
+            "batches_published": gold.stats.batches_published,
+            "batches_rejected": gold.stats.batches_rejected,
+            "feature_ts": [t.isoformat() for t in gold.stats.feature_ts],
+            "seconds": round(gold_s, 2),
+        },
+        "snapshot": {"name": snapshot.name, "versions": snapshot.versions},
+        "training_set": {
+            "name": training.name,
+            "rows": training.rows,
+            "positives": training.positives,
+            "digest": training.digest,
+            "versions": training.versions,
         },
         "great_expectations": {
             "suites_run": len(suites),

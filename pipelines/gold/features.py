@@ -250,6 +250,7 @@ _SPARK_TYPES: dict[str, DataType] = {
 }
 
 _KEYS = {USER_FEATURES_TABLE: "user_id", ITEM_FEATURES_TABLE: "item_id"}
+AS_OF = "as_of"  # the column of an as-of point (key, as_of) in the *_at transforms
 
 
 def spark_type(feature: FeatureDefinition) -> DataType:
@@ -292,11 +293,29 @@ def user_features(events: DataFrame, sessions: DataFrame, as_of: datetime) -> Da
     Columns: ``USER_FEATURES_SCHEMA``.
     """
     _check_as_of(as_of)
+    points = (
+        events.where(F.col("user_id").isNotNull() & (F.col("event_ts") <= F.lit(as_of)))
+        .select("user_id")
+        .distinct()
+        .withColumn(AS_OF, F.lit(as_of))
+    )
+    return user_features_at(events, sessions, points)
+
+
+def user_features_at(events: DataFrame, sessions: DataFrame, points: DataFrame) -> DataFrame:
+    """User features at many as-of points in one pass: ``points`` has ``user_id`` and ``as_of``
+    (timestamp); one row per point whose user has an event at or before it, with
+    ``feature_ts`` = the point's ``as_of``. Same semantics as ``user_features`` per point."""
+    as_of = F.col(AS_OF)
     event_type = F.col("event_type")
-    past = events.where(F.col("user_id").isNotNull() & (F.col("event_ts") <= F.lit(as_of)))
+    past = (
+        events.where(F.col("user_id").isNotNull())
+        .join(points, "user_id")
+        .where(F.col("event_ts") <= as_of)
+    )
     in_30d = _within(F.col("event_ts"), as_of, "30d")
     is_purchase = event_type == "purchase"
-    per_user = past.groupBy("user_id").agg(
+    per_user = past.groupBy("user_id", AS_OF).agg(
         *(
             F.count_if((event_type == t) & _within(F.col("event_ts"), as_of, w)).alias(
                 f"{t}_count_{w}"
@@ -311,16 +330,18 @@ def user_features(events: DataFrame, sessions: DataFrame, as_of: datetime) -> Da
         F.count_if(in_30d).alias("_events_30d"),
     )
     per_session_user = (
-        sessions.where(F.col("user_id").isNotNull() & _within(F.col("session_start"), as_of, "7d"))
-        .groupBy("user_id")
+        sessions.where(F.col("user_id").isNotNull())
+        .join(points, "user_id")
+        .where(_within(F.col("session_start"), as_of, "7d"))
+        .groupBy("user_id", AS_OF)
         .agg(
             F.count(F.lit(1)).alias("_sessions"),
             F.avg("duration_s").alias("_mean_session_length"),
         )
     )
     top_categories = _top_categories(past.where(in_30d))
-    joined = per_user.join(per_session_user, "user_id", "left").join(
-        top_categories, "user_id", "left"
+    joined = per_user.join(per_session_user, ["user_id", AS_OF], "left").join(
+        top_categories, ["user_id", AS_OF], "left"
     )
     top_categories_type = spark_type(_feature("top_categories"))
     columns = {
@@ -331,15 +352,14 @@ def user_features(events: DataFrame, sessions: DataFrame, as_of: datetime) -> Da
             F.array().cast(top_categories_type),
         ),
         "last_event_ts": F.col("last_event_ts"),
-        "recency_s": (F.unix_micros(F.lit(as_of)) - F.unix_micros(F.col("last_event_ts")))
-        / 1_000_000,
+        "recency_s": (F.unix_micros(as_of) - F.unix_micros(F.col("last_event_ts"))) / 1_000_000,
         "sessions_7d": F.coalesce(F.col("_sessions"), F.lit(0)),
         "mean_session_length_s_7d": F.coalesce(F.col("_mean_session_length"), F.lit(0.0)),
         "purchases_30d": F.col("purchases_30d"),
         "revenue_30d": F.coalesce(F.col("_revenue"), F.lit(0.0)),
         "is_cold_start": F.col("_events_30d") < COLD_START_EVENTS,
     }
-    return _feature_rows(joined, USER_FEATURES_TABLE, as_of, columns)
+    return _feature_rows(joined, USER_FEATURES_TABLE, columns)
 
 
 def item_features(events: DataFrame, as_of: datetime) -> DataFrame:
@@ -348,10 +368,26 @@ def item_features(events: DataFrame, as_of: datetime) -> DataFrame:
     Events after ``as_of`` or without an item are ignored. Columns: ``ITEM_FEATURES_SCHEMA``.
     """
     _check_as_of(as_of)
+    points = (
+        events.where(F.col("item_id").isNotNull() & (F.col("event_ts") <= F.lit(as_of)))
+        .select("item_id")
+        .distinct()
+        .withColumn(AS_OF, F.lit(as_of))
+    )
+    return item_features_at(events, points)
+
+
+def item_features_at(events: DataFrame, points: DataFrame) -> DataFrame:
+    """Item features at many as-of points in one pass (``points``: ``item_id``, ``as_of``)."""
+    as_of = F.col(AS_OF)
     event_type = F.col("event_type")
     category = F.col("properties.category")
-    past = events.where(F.col("item_id").isNotNull() & (F.col("event_ts") <= F.lit(as_of)))
-    per_item = past.groupBy("item_id").agg(
+    past = (
+        events.where(F.col("item_id").isNotNull())
+        .join(points, "item_id")
+        .where(F.col("event_ts") <= as_of)
+    )
+    per_item = past.groupBy("item_id", AS_OF).agg(
         *(
             F.count_if((event_type == t) & _within(F.col("event_ts"), as_of, w)).alias(
                 f"{name}_{w}"
@@ -381,7 +417,7 @@ def item_features(events: DataFrame, as_of: datetime) -> DataFrame:
         "trending_score": (score("24h") + 1) / (score("7d") / 7 + 1),
         "category": F.col("category"),
     }
-    return _feature_rows(per_item, ITEM_FEATURES_TABLE, as_of, columns)
+    return _feature_rows(per_item, ITEM_FEATURES_TABLE, columns)
 
 
 def features_markdown() -> str:
@@ -435,9 +471,14 @@ def _check_as_of(as_of: datetime) -> None:
         )
 
 
-def _within(ts: Column, as_of: datetime, window: str) -> Column:
+def _within(ts: Column, as_of: Column, window: str) -> Column:
     """``ts`` in ``(as_of - window, as_of]``."""
-    return (ts > F.lit(as_of - WINDOWS[window])) & (ts <= F.lit(as_of))
+    start = F.timestamp_micros(F.unix_micros(as_of) - _micros(WINDOWS[window]))
+    return (ts > start) & (ts <= as_of)
+
+
+def _micros(span: timedelta) -> int:
+    return (span.days * 86_400 + span.seconds) * 1_000_000 + span.microseconds
 
 
 def _top_categories(events: DataFrame) -> DataFrame:
@@ -448,7 +489,7 @@ def _top_categories(events: DataFrame) -> DataFrame:
     )
     scores = (
         events.where(F.col("properties.category").isNotNull())
-        .groupBy("user_id", F.col("properties.category").alias("_category"))
+        .groupBy("user_id", AS_OF, F.col("properties.category").alias("_category"))
         .agg(F.sum(weight).alias("_score"))
         .where(F.col("_score") > 0)
     )
@@ -462,12 +503,13 @@ def _top_categories(events: DataFrame) -> DataFrame:
             )
         )
     )
-    per_user = scores.groupBy("user_id").agg(
+    per_user = scores.groupBy("user_id", AS_OF).agg(
         F.slice(ranked, 1, TOP_CATEGORIES).alias("_ranked"),
         F.sum("_score").alias("_total"),
     )
     return per_user.select(
         "user_id",
+        AS_OF,
         F.transform(
             "_ranked",
             lambda c: F.struct(
@@ -488,9 +530,7 @@ def _feature(name: str) -> FeatureDefinition:
     return next(f for f in FEATURES if f.name == name)
 
 
-def _feature_rows(
-    frame: DataFrame, table: str, as_of: datetime, columns: Mapping[str, Column]
-) -> DataFrame:
+def _feature_rows(frame: DataFrame, table: str, columns: Mapping[str, Column]) -> DataFrame:
     """The key, ``feature_ts`` and every feature of ``table`` in ``FEATURES`` order and types."""
     features = table_features(table)
     undefined = sorted({f.name for f in features} ^ set(columns))
@@ -498,7 +538,7 @@ def _feature_rows(
         raise ValueError(f"{table}: features without a definition or a column: {undefined}")
     return frame.select(
         F.col(_KEYS[table]),
-        F.lit(as_of).alias("feature_ts"),
+        F.col(AS_OF).alias("feature_ts"),
         *(columns[f.name].cast(spark_type(f)).alias(f.name) for f in features),
     )
 

@@ -2,16 +2,19 @@
 
 Per micro-batch of the silver change feed:
 
-1. the batch's feature timestamp ``T`` = the latest event time seen so far (the batch's newest
-   event, or the last published ``T`` if that is later: ``T`` never goes back), so every feature
-   is "as of T" with windows ``(T - w, T]`` — in event time, the clock labels use;
-2. the users and items the batch touches are recomputed from silver (events of the last 30 days
-   before ``T``, partition-pruned by event date) and silver.sessions;
+1. as-of points in event time — the clock training labels use: the batch's ``T`` is the latest
+   event time seen so far (its newest event, or the last published ``T`` if later: ``T`` never
+   goes back). A batch spanning several ``gold.publish_every`` slices (a backfill, a large batch)
+   publishes each touched key as of the end of every slice it has events in (capped by ``T``, and
+   always after the last published ``T``), so the history grows as it would have live;
+2. the users and items the batch touches are recomputed at those points from silver (events of
+   the 30 days before each point, partition-pruned by event date) and silver.sessions, in one
+   Spark pass per table (``user_features_at`` / ``item_features_at``);
 3. the candidate rows are validated by the gold suites (Great Expectations) **before** anything is
    published: a failing batch is recorded in ``quality.suite_results`` and never written; config
    (``gold.on_suite_failure``) says whether the query then stops or carries on;
-4. the current tables are MERGE-upserted by key and the history tables get every published row,
-   each as one idempotent Delta commit keyed by (query id, batch id).
+4. the history tables get every published row and the current tables are MERGE-upserted with
+   the latest row per key, each as one idempotent Delta commit keyed by (query id, batch id).
 
 A replayed batch recomputes the same ``T`` and rows (``T`` only depends on the batch and on what
 was published before it) and skips every commit that already landed.
@@ -31,7 +34,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.config import Settings, TriggerSettings, parse_duration
-from pipelines.gold.features import FEATURES, item_features, user_features
+from pipelines.gold.features import AS_OF, FEATURES, item_features_at, user_features_at
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import (
     GOLD_ITEM_FEATURES,
@@ -73,6 +76,7 @@ class GoldStats:
     batches_skipped: int = 0
     users_published: int = 0
     items_published: int = 0
+    history_rows: int = 0
     feature_ts: list[datetime] = field(default_factory=list)
     rejections: list[str] = field(default_factory=list)
 
@@ -104,6 +108,7 @@ def gold_batch_handler(
     *,
     gate: GoldGate | None = None,
     stop_on_failure: bool = True,
+    publish_every: timedelta = timedelta(hours=1),
 ) -> BatchHandler:
     """The ``foreachBatch`` handler of the gold query (see the module docstring)."""
     appenders = {
@@ -132,9 +137,13 @@ def gold_batch_handler(
             if last_published[0] is not None and last_published[0] > as_of:
                 as_of = last_published[0]
             load_id = f"{query[0]}:{batch_id}"
-            candidates = _candidates(spark, catalog, new, as_of, load_id)
+            points = as_of_points(new, as_of, last_published[0], publish_every)
+            history = _candidates(spark, catalog, new, points, load_id)
         finally:
             new.unpersist()
+        candidates = {
+            kind: latest_per_key(rows, _TARGETS[kind].key) for kind, rows in history.items()
+        }
         failures = []
         for kind, rows in candidates.items():
             if gate is not None and rows.num_rows:
@@ -153,12 +162,13 @@ def gold_batch_handler(
             return
         for kind, rows in candidates.items():
             target = _TARGETS[kind]
-            current, history = target.current.name, target.history.name
+            current, past = target.current.name, target.history.name
             upsert(appenders[current], rows, target.key, app[current], batch_id)
-            appenders[history].append(rows, app[history], batch_id)
+            appenders[past].append(history[kind], app[past], batch_id)
         stats.batches_published += 1
         stats.users_published += candidates["users"].num_rows
         stats.items_published += candidates["items"].num_rows
+        stats.history_rows += history["users"].num_rows + history["items"].num_rows
         stats.feature_ts.append(as_of)
         last_published[0] = as_of
 
@@ -189,6 +199,36 @@ def gold_suite_gate(settings: Settings, catalog: Catalog) -> GoldGate:
     return check
 
 
+def gold_snapshot_validator(
+    spark: SparkSession, settings: Settings, catalog: Catalog, snapshot: str
+) -> Callable[[str, int], list[str]]:
+    """Validation for ``Snapshots.create``: each gold table at the version to be pinned must pass
+    its suite (recorded in ``quality.suite_results`` as ``snapshot <name>``); other tables must
+    simply be readable at that version."""
+    from pipelines.quality.recording import SuiteRecorder
+    from pipelines.quality.suites import gold_features_expectations
+
+    recorder = SuiteRecorder(settings, catalog)
+    staleness = parse_duration(settings.gold.max_staleness)
+    keys = {GOLD_USER_FEATURES.name: "user_id", GOLD_ITEM_FEATURES.name: "item_id"}
+
+    def validate(table: str, version: int) -> list[str]:
+        frame = catalog.read(spark, table, version=version)
+        if table not in keys:
+            return []
+        numeric = [f.name for f in FEATURES if f.table == table and f.dtype in ("bigint", "double")]
+        rates = [c for c in RATE_FEATURES if c in numeric]
+        expectations = gold_features_expectations(
+            keys[table], numeric, rates, staleness, whole_table=True
+        )
+        result = recorder.validate(
+            table, expectations, frame, batch_id=version, load_id=f"snapshot-{snapshot}:{version}"
+        )
+        return list(result.failed)
+
+    return validate
+
+
 def run_gold(
     spark: SparkSession,
     settings: Settings,
@@ -210,6 +250,7 @@ def run_gold(
         stats,
         gate=gate,
         stop_on_failure=settings.gold.on_suite_failure == "stop",
+        publish_every=parse_duration(settings.gold.publish_every),
     )
     source = delta_stream(
         spark, catalog, SILVER_EVENTS.name, max_rows_per_trigger=settings.gold.max_rows_per_trigger
@@ -238,28 +279,65 @@ _TABLES = (
 )
 
 
+def as_of_points(
+    new: DataFrame, as_of: datetime, last_published: datetime | None, every: timedelta
+) -> DataFrame:
+    """Each new event's as-of point: the end of its ``every`` slice, no earlier than the first
+    slice boundary after ``last_published`` and no later than ``as_of``. Columns: user_id,
+    item_id, as_of (one row per event)."""
+    step = _micros(every)
+    end = F.ceil(F.unix_micros("event_ts") / F.lit(step)).cast("long") * F.lit(step)
+    if last_published is not None:
+        first_allowed = (_micros_of(last_published) // step + 1) * step
+        end = F.greatest(end, F.lit(first_allowed))
+    point = F.least(end, F.lit(_micros_of(as_of)))
+    return new.select("user_id", "item_id", F.timestamp_micros(point).alias(AS_OF))
+
+
+def latest_per_key(rows: pa.Table, key: str) -> pa.Table:
+    """The row with the latest ``feature_ts`` of each key (what the current table holds)."""
+    if rows.num_rows == 0:
+        return rows
+    order = pc.sort_indices(rows, sort_keys=[(key, "ascending"), ("feature_ts", "descending")])
+    ordered = rows.take(order)
+    keys = ordered.column(key).combine_chunks()
+    previous = pa.concat_arrays([pa.array([None], keys.type), keys.slice(0, len(keys) - 1)])
+    return ordered.filter(pc.fill_null(pc.not_equal(keys, previous), True))
+
+
 def _candidates(
-    spark: SparkSession, catalog: Catalog, new: DataFrame, as_of: datetime, load_id: str
+    spark: SparkSession, catalog: Catalog, new: DataFrame, points: DataFrame, load_id: str
 ) -> dict[str, pa.Table]:
-    """Feature rows of every user and item the batch touches, as of ``as_of``."""
-    since = (as_of - LOOKBACK).date().isoformat()
+    """Feature rows of every (key, as-of point) the batch touches, as Arrow."""
+    earliest = points.agg(F.min(AS_OF).alias("t")).first()
+    assert earliest is not None and earliest.t is not None
+    since = (_utc(earliest.t) - LOOKBACK).date().isoformat()
     recent = catalog.read(spark, SILVER_EVENTS.name, partitions=[("event_date", ">=", since)])
-    users = F.broadcast(new.select("user_id").distinct())
-    items = F.broadcast(new.filter(F.col("item_id").isNotNull()).select("item_id").distinct())
+    user_points = points.where(F.col("user_id").isNotNull()).select("user_id", AS_OF).distinct()
+    item_points = points.where(F.col("item_id").isNotNull()).select("item_id", AS_OF).distinct()
+    users = F.broadcast(user_points.select("user_id").distinct())
+    items = F.broadcast(item_points.select("item_id").distinct())
     sessions = catalog.read(spark, SILVER_SESSIONS.name).join(users, "user_id")
     published = datetime.now(tz=UTC)
     out = {}
     for kind, frame in (
-        ("users", user_features(recent.join(users, "user_id"), sessions, as_of)),
-        ("items", item_features(recent.join(items, "item_id"), as_of)),
+        ("users", user_features_at(recent.join(users, "user_id"), sessions, user_points)),
+        ("items", item_features_at(recent.join(items, "item_id"), item_points)),
     ):
         rows = pa.table(frame.toArrow())
-        rows = rows.append_column(
-            "published_at", pa.array([published] * rows.num_rows, pa.timestamp("us", tz="UTC"))
-        )
+        stamp = pa.array([published] * rows.num_rows, pa.timestamp("us", tz="UTC"))
+        rows = rows.append_column("published_at", stamp)
         rows = rows.append_column("load_id", pa.array([load_id] * rows.num_rows, pa.string()))
         out[kind] = conform(rows, _TARGETS[kind].current.arrow_schema)
     return out
+
+
+def _micros(span: timedelta) -> int:
+    return (span.days * 86_400 + span.seconds) * 1_000_000 + span.microseconds
+
+
+def _micros_of(moment: datetime) -> int:
+    return _micros(_utc(moment) - datetime(1970, 1, 1, tzinfo=UTC))
 
 
 def _latest_feature_ts(catalog: Catalog) -> datetime | None:

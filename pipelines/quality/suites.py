@@ -111,11 +111,15 @@ def gold_features_expectations(
     non_negative: Sequence[str],
     rates: Sequence[str],
     max_staleness: timedelta,
+    *,
+    whole_table: bool = False,
 ) -> list[Expectation]:
     """Expectations for a candidate batch of a gold feature table, checked before it is published.
 
     Non-null unique keys, non-negative counts and amounts, rates in [0, 1], and freshness: the
     batch's ``feature_ts`` no older than ``max_staleness`` before this call (re-register per batch).
+    For a ``whole_table`` (snapshot validation) freshness applies to the newest ``feature_ts``:
+    a current table legitimately keeps old rows of users who stopped coming back.
     """
     # GX compares the column's min in Python, where Spark hands back naive UTC datetimes.
     oldest = (datetime.now(UTC) - max_staleness).replace(tzinfo=None)
@@ -125,7 +129,9 @@ def gold_features_expectations(
         gxe.ExpectColumnValuesToNotBeNull(column="feature_ts"),
         *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in non_negative),
         *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=1) for c in rates),
-        gxe.ExpectColumnMinToBeBetween(column="feature_ts", min_value=oldest),
+        gxe.ExpectColumnMaxToBeBetween(column="feature_ts", min_value=oldest)
+        if whole_table
+        else gxe.ExpectColumnMinToBeBetween(column="feature_ts", min_value=oldest),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
     ]
 
