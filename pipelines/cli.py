@@ -42,7 +42,10 @@ from pipelines.contracts import (
 )
 from pipelines.contracts.registry import SCHEMAS_DIR, EventContract, flatten_schema
 from pipelines.lake.catalog import Catalog, TableNotFoundError
+from pipelines.lake.maintenance import MaintenanceError
+from pipelines.lake.snapshots import SnapshotError
 from pipelines.lake.tables import UnknownTableError
+from pipelines.quality.expectations import QualityConfigError
 from pipelines.streaming.kafka import (
     KafkaUnavailableError,
     embedded_broker,
@@ -51,6 +54,7 @@ from pipelines.streaming.kafka import (
 )
 from pipelines.streaming.kafka_source import KafkaSourceError
 from pipelines.streaming.queries import StreamingJobError
+from pipelines.training.point_in_time import LeakageError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -117,6 +121,10 @@ TimeoutOption = Annotated[
 
 _USER_ERRORS = (
     ConfigError,
+    QualityConfigError,
+    SnapshotError,
+    MaintenanceError,
+    LeakageError,
     ContractError,
     KafkaUnavailableError,
     KafkaSourceError,

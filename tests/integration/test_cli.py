@@ -81,6 +81,36 @@ def test_demo_json_lands_every_produced_message_in_bronze(tmp_path: Path) -> Non
     assert gx["suites_run"] >= 1 and gx["suites_passed"] == gx["suites_run"]
     assert Path(gx["data_docs"]).is_file()
 
+    gold, snapshot, training = summary["gold"], summary["snapshot"], summary["training_set"]
+    assert gold["batches_published"] >= 1 and gold["batches_rejected"] == 0
+    assert 0 < gold["user_features"] <= gold["user_features_history"]
+    assert 0 < gold["item_features"] <= gold["item_features_history"]
+    assert snapshot["name"] == "demo"
+    assert set(training["versions"]) <= set(snapshot["versions"])
+    assert all(snapshot["versions"][t] == v for t, v in training["versions"].items())
+    assert training["rows"] > training["positives"] > 0
+    assert len(training["digest"]) == 64
+
+    rebuilt = last_json(
+        run(
+            data,
+            "training-set",
+            "build",
+            "--snapshot",
+            "demo",
+            "--labels",
+            "purchase",
+            "--horizon",
+            "24h",
+            "--seed",
+            "42",
+            "--name",
+            "rebuilt",
+            "--json",
+        )
+    )
+    assert rebuilt["digest"] == training["digest"]
+
     check = run(data, "quality", "check")
     assert check.returncode == 0, check.stderr
     assert "holds" in check.stdout

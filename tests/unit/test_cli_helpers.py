@@ -54,6 +54,15 @@ def test_every_command_has_help() -> None:
         ["quality", "check", "--help"],
         ["quality", "report", "--help"],
         ["bench", "silver", "--help"],
+        ["run", "gold", "--help"],
+        ["snapshot", "create", "--help"],
+        ["snapshot", "list", "--help"],
+        ["snapshot", "show", "--help"],
+        ["snapshot", "delete", "--help"],
+        ["maintain", "--help"],
+        ["training-set", "build", "--help"],
+        ["training-set", "list", "--help"],
+        ["features", "docs", "--help"],
         ["bench", "bronze", "--help"],
     ):
         result = runner.invoke(app, args)
