@@ -28,22 +28,13 @@ class BronzeRun:
     run_id: str
 
 
-def run_bronze(
+def start_bronze(
     spark: SparkSession,
     settings: Settings,
     bootstrap_servers: str,
-    *,
     trigger: TriggerSettings | None = None,
-    on_progress: Callable[[StreamingQuery, BatchWriteStats], None] | None = None,
-    timeout_s: float | None = None,
-) -> BronzeRun:
-    """Run the bronze query: drain and return (available-now) or run until stopped.
-
-    Raises:
-        KafkaUnavailableError: the brokers cannot be reached (checked before Spark starts).
-        StreamingJobError: the query failed.
-    """
-    trigger = trigger or settings.streaming.trigger
+) -> tuple[StreamingQuery, BatchWriteStats]:
+    """Start the bronze query and return it without waiting (see ``run_bronze``)."""
     catalog = Catalog(settings.storage)
     check_reachable(
         client_config(settings.kafka, bootstrap_servers), settings.kafka.consumer.metadata_timeout_s
@@ -59,8 +50,27 @@ def run_bronze(
         catalog=catalog,
         table=BRONZE_EVENTS_RAW.name,
         handler=handler,
-        trigger=trigger,
+        trigger=trigger or settings.streaming.trigger,
     )
+    return query, stats
+
+
+def run_bronze(
+    spark: SparkSession,
+    settings: Settings,
+    bootstrap_servers: str,
+    *,
+    trigger: TriggerSettings | None = None,
+    on_progress: Callable[[StreamingQuery, BatchWriteStats], None] | None = None,
+    timeout_s: float | None = None,
+) -> BronzeRun:
+    """Run the bronze query: drain and return (available-now) or run until stopped.
+
+    Raises:
+        KafkaUnavailableError: the brokers cannot be reached (checked before Spark starts).
+        StreamingJobError: the query failed.
+    """
+    query, stats = start_bronze(spark, settings, bootstrap_servers, trigger)
     await_query(
         query,
         on_progress=(lambda q: on_progress(q, stats)) if on_progress else None,
@@ -68,7 +78,7 @@ def run_bronze(
     )
     return BronzeRun(
         stats=stats,
-        table_version=catalog.delta_table(BRONZE_EVENTS_RAW.name).version(),
+        table_version=Catalog(settings.storage).delta_table(BRONZE_EVENTS_RAW.name).version(),
         query_id=str(query.id),
         run_id=str(query.runId),
     )

@@ -23,6 +23,7 @@ was published before it) and skips every commit that already landed.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -78,6 +79,7 @@ class GoldStats:
     items_published: int = 0
     history_rows: int = 0
     feature_ts: list[datetime] = field(default_factory=list)
+    timings: list[dict[str, float]] = field(default_factory=list)  # seconds per step per batch
     rejections: list[str] = field(default_factory=list)
 
 
@@ -128,6 +130,7 @@ def gold_batch_handler(
             stats.batches_skipped += 1
             return
         spark = batch_df.sparkSession
+        clock = _Clock()
         new = batch_df.select("user_id", "item_id", "event_ts").cache()
         try:
             newest = new.agg(F.max("event_ts").alias("t")).first()
@@ -141,6 +144,7 @@ def gold_batch_handler(
             history = _candidates(spark, catalog, new, points, load_id)
         finally:
             new.unpersist()
+        clock.lap("features")
         candidates = {
             kind: latest_per_key(rows, _TARGETS[kind].key) for kind, rows in history.items()
         }
@@ -149,6 +153,7 @@ def gold_batch_handler(
             if gate is not None and rows.num_rows:
                 table = _TARGETS[kind].current.name
                 failures += gate(table, spark.createDataFrame(rows), batch_id, load_id)
+        clock.lap("gate")
         if failures:
             stats.batches_rejected += 1
             stats.rejections.extend(failures)
@@ -165,6 +170,8 @@ def gold_batch_handler(
             current, past = target.current.name, target.history.name
             upsert(appenders[current], rows, target.key, app[current], batch_id)
             appenders[past].append(history[kind], app[past], batch_id)
+        clock.lap("publish")
+        stats.timings.append(clock.laps)
         stats.batches_published += 1
         stats.users_published += candidates["users"].num_rows
         stats.items_published += candidates["items"].num_rows
@@ -229,24 +236,21 @@ def gold_snapshot_validator(
     return validate
 
 
-def run_gold(
+def start_gold(
     spark: SparkSession,
     settings: Settings,
     *,
     trigger: TriggerSettings | None = None,
     gate: GoldGate | None = None,
-    on_progress: Callable[[StreamingQuery, GoldStats], None] | None = None,
-    timeout_s: float | None = None,
-) -> GoldRun:
-    """Run the gold query over the silver change feed."""
+) -> tuple[StreamingQuery, GoldStats]:
+    """Start the gold query and return it without waiting (see ``run_gold``)."""
     catalog = Catalog(settings.storage)
     for spec in (SILVER_EVENTS, SILVER_SESSIONS, *_TABLES):
         catalog.ensure(spec)
     stats = GoldStats()
-    checkpoint = catalog.checkpoint(GOLD_USER_FEATURES.name)
     handler = gold_batch_handler(
         catalog,
-        checkpoint,
+        catalog.checkpoint(GOLD_USER_FEATURES.name),
         stats,
         gate=gate,
         stop_on_failure=settings.gold.on_suite_failure == "stop",
@@ -262,11 +266,26 @@ def run_gold(
         handler=handler,
         trigger=trigger or settings.streaming.trigger,
     )
+    return query, stats
+
+
+def run_gold(
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    trigger: TriggerSettings | None = None,
+    gate: GoldGate | None = None,
+    on_progress: Callable[[StreamingQuery, GoldStats], None] | None = None,
+    timeout_s: float | None = None,
+) -> GoldRun:
+    """Run the gold query over the silver change feed."""
+    query, stats = start_gold(spark, settings, trigger=trigger, gate=gate)
     await_query(
         query,
         on_progress=(lambda q: on_progress(q, stats)) if on_progress else None,
         timeout_s=timeout_s,
     )
+    catalog = Catalog(settings.storage)
     versions = {spec.name: catalog.delta_table(spec.name).version() for spec in _TABLES}
     return GoldRun(stats, str(query.id), versions)
 
@@ -277,6 +296,17 @@ _TABLES = (
     GOLD_ITEM_FEATURES,
     GOLD_ITEM_FEATURES_HISTORY,
 )
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def as_of_points(

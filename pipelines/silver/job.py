@@ -169,33 +169,25 @@ class _Clock:
         self._last = now
 
 
-def run_silver(
+def start_silver(
     spark: SparkSession,
     settings: Settings,
     *,
     trigger: TriggerSettings | None = None,
     validator: BatchValidator | None = None,
-    on_progress: Callable[[StreamingQuery, SilverStats], None] | None = None,
-    timeout_s: float | None = None,
     rule_set: RuleSet | None = None,
-) -> SilverRun:
-    """Run the silver query: drain bronze and return (available-now) or run until stopped.
-
-    Raises:
-        StreamingJobError: the query failed (including a ``fail`` rule, named in the message).
-        QualityConfigError: the rule file is wrong.
-    """
+) -> tuple[StreamingQuery, SilverStats]:
+    """Start the silver query and return it without waiting (see ``run_silver``)."""
     catalog = Catalog(settings.storage)
     rules = rule_set or load_rule_set(SILVER_EVENTS.name, settings.rules_dir, settings.quality)
     gate = Gate(rules)
     for spec in (BRONZE_EVENTS_RAW, *_WRITES):
         catalog.ensure(spec)
     stats = SilverStats()
-    checkpoint = catalog.checkpoint(SILVER_EVENTS.name)
     handler = silver_batch_handler(
         catalog,
         gate,
-        checkpoint,
+        catalog.checkpoint(SILVER_EVENTS.name),
         stats,
         validator=validator,
         validate_every=settings.quality.great_expectations.every_n_batches,
@@ -213,11 +205,34 @@ def run_silver(
         handler=handler,
         trigger=trigger or settings.streaming.trigger,
     )
+    return query, stats
+
+
+def run_silver(
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    trigger: TriggerSettings | None = None,
+    validator: BatchValidator | None = None,
+    on_progress: Callable[[StreamingQuery, SilverStats], None] | None = None,
+    timeout_s: float | None = None,
+    rule_set: RuleSet | None = None,
+) -> SilverRun:
+    """Run the silver query: drain bronze and return (available-now) or run until stopped.
+
+    Raises:
+        StreamingJobError: the query failed (including a ``fail`` rule, named in the message).
+        QualityConfigError: the rule file is wrong.
+    """
+    query, stats = start_silver(
+        spark, settings, trigger=trigger, validator=validator, rule_set=rule_set
+    )
     await_query(
         query,
         on_progress=(lambda q: on_progress(q, stats)) if on_progress else None,
         timeout_s=timeout_s,
     )
+    catalog = Catalog(settings.storage)
     return SilverRun(
         stats=stats,
         query_id=str(query.id),
