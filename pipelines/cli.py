@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -1222,11 +1222,7 @@ def bench_bronze_cmd(
         stage=lambda m: console.print(f"[dim]›[/] {m}", highlight=False),
         workdir=workdir,
     )
-    if as_json:
-        print(json.dumps(result))
-        return
-    table = Table("measure", "value", title=f"bronze benchmark, {events:,} events")
-    for key in (
+    keys = (
         "raw_drain_events_per_s",
         "bronze_events_per_s",
         "ratio_bronze_to_raw",
@@ -1235,13 +1231,8 @@ def bench_bronze_cmd(
         "collect_ms_per_batch",
         "delta_commit_overhead_ms",
         "complete",
-    ):
-        value = result[key]
-        table.add_row(
-            key,
-            f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value),
-        )
-    out.print(table)
+    )
+    _print_bench(result, f"bronze benchmark, {events:,} events", keys, as_json)
 
 
 @bench_app.command("silver")
@@ -1268,11 +1259,7 @@ def bench_silver_cmd(
         stage=lambda m: console.print(f"[dim]›[/] {m}", highlight=False),
         workdir=workdir,
     )
-    if as_json:
-        print(json.dumps(result))
-        return
-    table = Table("measure", "value", title=f"silver benchmark, {events:,} events")
-    for key in (
+    keys = (
         "parse_only_events_per_s",
         "silver_events_per_s",
         "ratio_silver_to_parse_only",
@@ -1280,9 +1267,8 @@ def bench_silver_cmd(
         "gx_overhead_seconds_per_batch",
         "micro_batches",
         "accounting_holds",
-    ):
-        table.add_row(key, str(result[key]))
-    out.print(table)
+    )
+    _print_bench(result, f"silver benchmark, {events:,} events", keys, as_json)
 
 
 @bench_app.command("freshness")
@@ -1332,6 +1318,20 @@ def bench_freshness_cmd(
         table.add_row(
             f"{name} batch seconds p50/p95", f"{d['p50']} / {d['p95']} ({d['batches']} batches)"
         )
+    out.print(table)
+
+
+def _print_bench(result: dict[str, Any], title: str, keys: Sequence[str], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table("measure", "value", title=title)
+    for key in keys:
+        value = result[key]
+        shown = (
+            f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+        )
+        table.add_row(key, shown)
     out.print(table)
 
 

@@ -23,7 +23,6 @@ was published before it) and skips every commit that already landed.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,7 +52,7 @@ from pipelines.streaming.delta_sink import (
     query_id_from_checkpoint,
     upsert,
 )
-from pipelines.streaming.queries import await_query, start_table_stream
+from pipelines.streaming.queries import StepClock, await_query, start_table_stream
 from pipelines.streaming.sources import delta_stream
 
 log = logging.getLogger(__name__)
@@ -130,7 +129,7 @@ def gold_batch_handler(
             stats.batches_skipped += 1
             return
         spark = batch_df.sparkSession
-        clock = _Clock()
+        clock = StepClock()
         new = batch_df.select("user_id", "item_id", "event_ts").cache()
         try:
             newest = new.agg(F.max("event_ts").alias("t")).first()
@@ -296,17 +295,6 @@ _TABLES = (
     GOLD_ITEM_FEATURES,
     GOLD_ITEM_FEATURES_HISTORY,
 )
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = round(now - self._last, 3)
-        self._last = now
 
 
 def as_of_points(

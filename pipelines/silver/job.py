@@ -19,7 +19,6 @@ Per micro-batch (bronze change-feed versions):
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -54,7 +53,7 @@ from pipelines.streaming.delta_sink import (
     conform,
     query_id_from_checkpoint,
 )
-from pipelines.streaming.queries import await_query, start_table_stream
+from pipelines.streaming.queries import StepClock, await_query, start_table_stream
 from pipelines.streaming.sources import delta_stream
 
 log = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ def silver_batch_handler(
             log.warning("silver: batch %s already committed; skipping replay", batch_id)
             return
         load_id = f"{query[0]}:{batch_id}"
-        clock = _Clock()
+        clock = StepClock()
         # One Spark pass: parse, every rule, the columns both outputs need; collected once.
         # A batch is often one Delta version read by one task: spread it over the cores first.
         spread = batch_df.repartition(batch_df.sparkSession.sparkContext.defaultParallelism)
@@ -156,17 +155,6 @@ def silver_batch_handler(
 
 
 _WRITES = (SILVER_QUARANTINE, SILVER_EVENTS, QUALITY_BATCH_RESULTS)
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = round(now - self._last, 3)
-        self._last = now
 
 
 def start_silver(

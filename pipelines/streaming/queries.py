@@ -76,6 +76,19 @@ def await_query(
         raise StreamingJobError(_reason(failure))
 
 
+class StepClock:
+    """Seconds spent in each named step of a micro-batch (reported by jobs and benchmarks)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
+
+
 def stop_gracefully(query: StreamingQuery, wait_s: float = 120.0) -> None:
     """Stop between micro-batches: wait until no trigger is running, then stop.
 
