@@ -92,6 +92,8 @@ features_app = typer.Typer(help="Feature definitions.", no_args_is_help=True)
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(training_app, name="training-set")
 app.add_typer(features_app, name="features")
+drift_app = typer.Typer(help="Feature drift against the champion's snapshot.", no_args_is_help=True)
+app.add_typer(drift_app, name="drift")
 
 out = Console()
 err = Console(stderr=True)
@@ -997,6 +999,159 @@ def features_docs(
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(text)
     out.print(f"wrote {out_file}")
+
+
+@app.command("train")
+@friendly_errors
+def train_cmd(
+    snapshot: Annotated[str, typer.Option(help="Snapshot to train from.")],
+    seed: Annotated[int, typer.Option(help="Seed (training set negatives).")] = 42,
+    env: EnvOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Retrain the recommender from a snapshot, log it to MLflow, register it, promote if better."""
+    from pipelines.training.train import train
+
+    settings = _settings(env)
+    run = train(_spark(settings), settings, snapshot=snapshot, seed=seed)
+    if as_json:
+        print(json.dumps(run.__dict__))
+        return
+    k = settings.mlflow.k
+    table = Table(
+        "metric", "item-item model", "popularity baseline", title=f"MLflow run {run.run_id}"
+    )
+    for name, value in run.metrics.items():
+        table.add_row(name, f"{value:.4f}", f"{run.baseline[name]:.4f}")
+    out.print(table)
+    verdict = "[green]promoted to champion[/]" if run.promoted else "[yellow]kept as challenger[/]"
+    against = (
+        f" (champion NDCG@{k}: {run.champion_ndcg:.4f})" if run.champion_ndcg is not None else ""
+    )
+    out.print(f"{run.model_name} v{run.model_version}: {verdict}{against}")
+    out.print(
+        "inputs: " + ", ".join(f"{t}@v{v}" for t, v in sorted(run.versions.items())),
+        highlight=False,
+    )
+
+
+@app.command("recommend")
+@friendly_errors
+def recommend_cmd(
+    user: Annotated[str | None, typer.Option("--user", help="User to recommend for.")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many items.")] = 10,
+    batch: Annotated[
+        bool, typer.Option("--batch", help="Write gold.recommendations for every active user.")
+    ] = False,
+    env: EnvOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Top-k items for a user from the champion model (unknown users: cold-start fallback)."""
+    import pandas as pd
+
+    from pipelines.training.train import champion_model
+
+    if (user is None) == (not batch):
+        raise ConfigError("pass --user USER, or --batch to write gold.recommendations")
+    settings = _settings(env)
+    if batch:
+        from pipelines.training.recommendations import write_recommendations
+
+        written = write_recommendations(_spark(settings), settings, k)
+        if as_json:
+            print(json.dumps(written))
+        else:
+            out.print(
+                f"gold.recommendations: {written['users']:,} users x {k} items from "
+                f"{written['model_name']} v{written['model_version']} "
+                f"(table version {written['table_version']})"
+            )
+        return
+    try:
+        model, version = champion_model(settings)
+    except LookupError as exc:
+        raise ConfigError(str(exc)) from None
+    result = model.predict(pd.DataFrame({"user_id": [user], "k": [k]}))
+    cold = bool(result["cold_start"].iloc[0]) if len(result) else True
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "user_id": user,
+                    "model_version": version,
+                    "cold_start": cold,
+                    "items": result["item_id"].tolist(),
+                }
+            )
+        )
+        return
+    title = f"top {k} for {user} (model v{version}{', cold start: popular items' if cold else ''})"
+    table = Table("rank", "item", title=title)
+    for row in result.itertuples():
+        table.add_row(str(row.rank), str(row.item_id))
+    out.print(table)
+
+
+@drift_app.command("check")
+@friendly_errors
+def drift_check(
+    snapshot: Annotated[
+        str | None, typer.Option(help="Reference snapshot (default: the champion's).")
+    ] = None,
+    retrain_on_drift: Annotated[
+        bool, typer.Option("--retrain-on-drift", help="Snapshot and retrain when a feature drifts.")
+    ] = False,
+    env: EnvOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """PSI of gold.user_features now vs. the reference snapshot; writes quality.drift_results."""
+    from pipelines.monitoring.drift_job import check_drift
+
+    settings = _settings(env)
+    try:
+        report = check_drift(
+            _spark(settings), settings, snapshot=snapshot, retrain_on_drift=retrain_on_drift
+        )
+    except LookupError as exc:
+        raise ConfigError(str(exc)) from None
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "reference_snapshot": report.reference_snapshot,
+                    "reference_version": report.reference_version,
+                    "current_version": report.current_version,
+                    "drifted": report.drifted,
+                    "features": [f.__dict__ for f in report.features],
+                    "retrained": report.retrained,
+                }
+            )
+        )
+        return
+    table = Table(
+        "feature",
+        "PSI",
+        "status",
+        "reference mean",
+        "current mean",
+        title=f"drift vs snapshot {report.reference_snapshot} (gold.user_features "
+        f"v{report.reference_version} -> v{report.current_version})",
+    )
+    colour = {"ok": "green", "warn": "yellow", "drift": "red", "skipped": "dim"}
+    for f in report.features:
+        table.add_row(
+            f.feature,
+            f"{f.psi:.4f}",
+            f"[{colour.get(f.status, 'white')}]{f.status}[/]",
+            "-" if f.reference_mean is None else f"{f.reference_mean:.3f}",
+            "-" if f.current_mean is None else f"{f.current_mean:.3f}",
+        )
+    out.print(table)
+    if report.retrained:
+        out.print(
+            f"retrained from snapshot {report.retrained['snapshot']}: "
+            f"v{report.retrained['model_version']} ({report.retrained['alias']})"
+        )
 
 
 # -- quality ----------------------------------------------------------------------------------

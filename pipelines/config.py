@@ -258,6 +258,54 @@ class GoldSettings(_Model):
         return value
 
 
+class MlflowSettings(_Model):
+    tracking_uri: str | None = Field(
+        default=None, description="Defaults to a SQLite store under <storage root>/mlflow."
+    )
+    experiment: str = "lakehouse-recommender"
+    registered_model: str = "lakehouse-recommender"
+    promotion_margin: float = Field(
+        default=0.01,
+        ge=0,
+        description="A challenger must beat the champion's NDCG@k by this share.",
+    )
+    k: int = Field(default=10, ge=1)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    neighbours: int = Field(default=50, ge=1)
+    min_history: int = Field(default=3, ge=1)
+
+    def resolved_tracking_uri(self, storage: StorageSettings) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        root = storage.resolved().root
+        if "://" in root:
+            raise ConfigError("set mlflow.tracking_uri when storage.root is remote")
+        return f"sqlite:///{root}/mlflow/mlflow.db"
+
+    def artifact_root(self, storage: StorageSettings) -> str:
+        return f"{storage.resolved().root}/mlflow/artifacts"
+
+
+class DriftSettings(_Model):
+    warn: float = Field(default=0.1, gt=0)
+    alert: float = Field(default=0.25, gt=0)
+    bins: int = Field(default=10, ge=2)
+    features: list[str] = Field(
+        default_factory=lambda: [
+            "page_view_count_7d",
+            "click_count_7d",
+            "add_to_cart_count_7d",
+            "purchase_count_30d",
+            "distinct_items_30d",
+            "recency_s",
+            "sessions_7d",
+            "mean_session_length_s_7d",
+            "revenue_30d",
+        ],
+        description="gold.user_features columns compared by PSI.",
+    )
+
+
 class Settings(_Model):
     """The whole configuration of one environment."""
 
@@ -270,6 +318,8 @@ class Settings(_Model):
     quality: QualitySettings = QualitySettings()
     silver: SilverSettings = SilverSettings()
     gold: GoldSettings = GoldSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    drift: DriftSettings = DriftSettings()
     demo: DemoSettings = DemoSettings()
     conf_dir: str = Field(
         default="conf", description="Set by the loader: where the YAML came from."

@@ -15,6 +15,7 @@ from pyspark.sql.types import (
     ArrayType,
     BooleanType,
     DateType,
+    DoubleType,
     IntegerType,
     LongType,
     MapType,
@@ -248,6 +249,45 @@ LAKE_TRAINING_SETS = TableSpec(
     description="Every built training set: its inputs (snapshot, versions, seed) and digest.",
 )
 
+GOLD_RECOMMENDATIONS = TableSpec(
+    name="gold.recommendations",
+    schema=StructType(
+        [
+            StructField("user_id", StringType(), False),
+            StructField("rank", IntegerType(), False),
+            StructField("item_id", StringType(), False),
+            StructField("score", DoubleType(), True),
+            StructField("cold_start", BooleanType(), False),
+            StructField("model_name", StringType(), False),
+            StructField("model_version", StringType(), False),
+            StructField("generated_at", TimestampType(), False),
+        ]
+    ),
+    description="Top-k recommendations per active user from the champion model (latest run "
+    "replaces the previous one).",
+)
+
+QUALITY_DRIFT_RESULTS = TableSpec(
+    name="quality.drift_results",
+    schema=StructType(
+        [
+            StructField("checked_at", TimestampType(), False),
+            StructField("feature", StringType(), False),
+            StructField("psi", DoubleType(), False),
+            StructField("status", StringType(), False),
+            StructField("reference_snapshot", StringType(), False),
+            StructField("reference_version", LongType(), False),
+            StructField("current_version", LongType(), False),
+            StructField("reference_rows", LongType(), False),
+            StructField("current_rows", LongType(), False),
+            StructField("reference_mean", DoubleType(), True),
+            StructField("current_mean", DoubleType(), True),
+            StructField("note", StringType(), True),
+        ]
+    ),
+    description="Feature drift (PSI) of gold.user_features against the champion's snapshot.",
+)
+
 _COUNTS = MapType(StringType(), LongType(), False)
 
 QUALITY_BATCH_RESULTS = TableSpec(
@@ -324,7 +364,9 @@ TABLES: dict[str, TableSpec] = {
         GOLD_ITEM_FEATURES,
         GOLD_ITEM_FEATURES_HISTORY,
         GOLD_TRAINING_SETS,
+        GOLD_RECOMMENDATIONS,
         QUALITY_BATCH_RESULTS,
+        QUALITY_DRIFT_RESULTS,
         QUALITY_SUITE_RESULTS,
         LAKE_SNAPSHOTS,
         LAKE_TRAINING_SETS,

@@ -1,0 +1,1 @@
+"""Monitoring: drift of feature distributions between a reference and a current sample."""

@@ -1,0 +1,137 @@
+"""``lakehouse drift check``: gold.user_features now vs. the snapshot the champion was trained on.
+
+The reference is ``gold.user_features`` at the version pinned by the champion's snapshot (from
+its MLflow run's ``snapshot`` param, or ``--snapshot``); the current side is the table's latest
+version. Every configured numeric feature gets a PSI and a status, written to
+``quality.drift_results``. With ``retrain_on_drift`` a feature at ``drift`` status triggers a fresh
+snapshot and a training run (promoted only if it beats the champion).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from pyspark.sql import SparkSession
+
+from pipelines.config import Settings
+from pipelines.lake.catalog import Catalog
+from pipelines.lake.snapshots import Snapshots, read_pandas
+from pipelines.lake.tables import GOLD_USER_FEATURES, QUALITY_DRIFT_RESULTS
+from pipelines.monitoring.drift import DriftThresholds, FeatureDrift, feature_drift
+
+
+@dataclass
+class DriftReport:
+    checked_at: datetime
+    reference_snapshot: str
+    reference_version: int
+    current_version: int
+    features: list[FeatureDrift]
+    retrained: dict[str, Any] | None = None
+
+    @property
+    def drifted(self) -> list[str]:
+        return [f.feature for f in self.features if f.status == "drift"]
+
+
+def check_drift(
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    snapshot: str | None = None,
+    retrain_on_drift: bool = False,
+) -> DriftReport:
+    """Compare, record, and optionally retrain (see the module docstring)."""
+    catalog = Catalog(settings.storage)
+    reference_snapshot = snapshot or _champion_snapshot(settings)
+    pinned = Snapshots(catalog).get(reference_snapshot)
+    table = GOLD_USER_FEATURES.name
+    if table not in pinned.versions:
+        raise LookupError(f"snapshot {reference_snapshot!r} does not pin {table}")
+    columns = list(settings.drift.features)
+    reference = read_pandas(catalog, table, snapshot=reference_snapshot, columns=columns)
+    current_version = catalog.info(table).version or 0
+    current = read_pandas(catalog, table, version=current_version, columns=columns)
+    thresholds = DriftThresholds(warn=settings.drift.warn, alert=settings.drift.alert)
+    results = feature_drift(reference, current, columns, thresholds, bins=settings.drift.bins)
+    report = DriftReport(
+        checked_at=datetime.now(tz=UTC),
+        reference_snapshot=reference_snapshot,
+        reference_version=pinned.versions[table],
+        current_version=current_version,
+        features=results,
+    )
+    _record(catalog, report)
+    if retrain_on_drift and report.drifted:
+        from pipelines.demo import DEFAULT_SNAPSHOT_TABLES
+        from pipelines.gold.job import gold_snapshot_validator
+        from pipelines.training.train import train
+
+        name = f"drift-{report.checked_at:%Y%m%dT%H%M%S}"
+        Snapshots(catalog).create(
+            name,
+            DEFAULT_SNAPSHOT_TABLES,
+            f"drift in {', '.join(report.drifted)}",
+            gold_snapshot_validator(spark, settings, catalog, name),
+        )
+        run = train(spark, settings, snapshot=name)
+        report.retrained = {
+            "snapshot": name,
+            "run_id": run.run_id,
+            "model_version": run.model_version,
+            "alias": run.alias,
+            "promoted": run.promoted,
+        }
+    return report
+
+
+def _champion_snapshot(settings: Settings) -> str:
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.training.train import CHAMPION, configure_mlflow
+
+    client = configure_mlflow(settings)
+    try:
+        champion = client.get_model_version_by_alias(settings.mlflow.registered_model, CHAMPION)
+    except MlflowException:
+        raise LookupError(
+            "no champion model to compare with; pass --snapshot or train one first"
+        ) from None
+    if not champion.run_id:
+        raise LookupError("the champion model version has no MLflow run; pass --snapshot")
+    snapshot = client.get_run(champion.run_id).data.params.get("snapshot")
+    if not snapshot:
+        raise LookupError(f"champion run {champion.run_id} has no snapshot param; pass --snapshot")
+    return str(snapshot)
+
+
+def _record(catalog: Catalog, report: DriftReport) -> None:
+    from deltalake import write_deltalake
+
+    rows = [
+        {
+            "checked_at": report.checked_at,
+            "feature": f.feature,
+            "psi": float(f.psi),
+            "status": f.status,
+            "reference_snapshot": report.reference_snapshot,
+            "reference_version": report.reference_version,
+            "current_version": report.current_version,
+            "reference_rows": f.reference_rows,
+            "current_rows": f.current_rows,
+            "reference_mean": f.reference_mean,
+            "current_mean": f.current_mean,
+            "note": f.note,
+        }
+        for f in report.features
+    ]
+    table = catalog.ensure(QUALITY_DRIFT_RESULTS)
+    write_deltalake(
+        table,
+        pa.Table.from_pylist(rows, schema=QUALITY_DRIFT_RESULTS.arrow_schema),
+        mode="append",
+        storage_options=catalog.storage_options,
+    )
