@@ -1348,6 +1348,16 @@ def _print_demo(summary: dict[str, Any]) -> None:
         f"training set {training['name']}: {training['rows']:,} rows "
         f"({training['positives']:,} positives), digest {training['digest'][:16]}…"
     )
+    model = summary["model"]
+    k = next((n.split("@")[1] for n in model["metrics"] if n.startswith("ndcg@")), "10")
+    out.print(
+        f"model {model['registered_model']} v{model['version']} ({model['alias']}), MLflow run "
+        f"{model['mlflow_run_id']}: NDCG@{k} {model['metrics'][f'ndcg@{k}']:.4f} vs popularity "
+        f"baseline {model['baseline_metrics'][f'ndcg@{k}']:.4f}"
+    )
+    for user, rec in summary["recommendations"].items():
+        flag = " (cold start: popular items)" if rec["cold_start"] else ""
+        out.print(f"  recommend {user}{flag}: {', '.join(rec['items'])}", highlight=False)
     out.print(f"total {summary['seconds']}s")
     example = "SELECT failed_rules, count(*) FROM silver.quarantine GROUP BY 1"
     out.print(f'next: [bold]lakehouse quality report[/], [bold]lakehouse sql "{example}"[/]')

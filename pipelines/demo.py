@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from pipelines.bronze.job import run_bronze
 from pipelines.config import Settings, TriggerSettings
@@ -38,9 +40,11 @@ from pipelines.silver.sessions_job import run_sessions
 from pipelines.streaming.kafka import embedded_broker
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import publish_clickstream
-from pipelines.training.sets import build_training_set
+from pipelines.training.sets import REQUIRED_TABLES as TRAINING_TABLES
+from pipelines.training.train import champion_model, train
 
 DEMO_SNAPSHOT = "demo"
+DEMO_NEW_USER = "new-visitor"
 DEFAULT_SNAPSHOT_TABLES = (
     "silver.events",
     "silver.sessions",
@@ -50,7 +54,7 @@ DEFAULT_SNAPSHOT_TABLES = (
     "gold.item_features_history",
 )
 # Only these folders under the storage root are reset; the root itself is never removed.
-_DEMO_STATE = ("tables", "_checkpoints", "quality")
+_DEMO_STATE = ("tables", "_checkpoints", "quality", "mlflow")
 
 
 @dataclass
@@ -167,9 +171,13 @@ def run_demo(
         "created by lakehouse demo",
         gold_snapshot_validator(spark, settings, catalog, DEMO_SNAPSHOT),
     )
-    training = build_training_set(
-        spark, settings, snapshot=DEMO_SNAPSHOT, label_event="purchase", horizon="24h", seed=42
-    )
+    hooks.stage("training the recommender from snapshot 'demo' (MLflow, registry, champion)")
+    t0 = time.perf_counter()
+    trained = train(spark, settings, snapshot=DEMO_SNAPSHOT, seed=settings.demo.seed)
+    train_s = time.perf_counter() - t0
+    model, _ = champion_model(settings)
+    known = _most_active_user(spark, catalog)
+    picks = model.predict(pd.DataFrame({"user_id": [known, DEMO_NEW_USER], "k": [5, 5]}))
     accounting = accounting_report(catalog)
     quality = latest_results(catalog, settings, limit=1_000)
     suites = quality["suites"]
@@ -223,11 +231,28 @@ def run_demo(
         },
         "snapshot": {"name": snapshot.name, "versions": snapshot.versions},
         "training_set": {
-            "name": training.name,
-            "rows": training.rows,
-            "positives": training.positives,
-            "digest": training.digest,
-            "versions": training.versions,
+            "name": trained.training_set,
+            "rows": trained.training_set_rows,
+            "positives": trained.training_set_positives,
+            "digest": trained.training_set_digest,
+            "versions": {t: v for t, v in trained.versions.items() if t in TRAINING_TABLES},
+        },
+        "model": {
+            "mlflow_run_id": trained.run_id,
+            "registered_model": trained.model_name,
+            "version": trained.model_version,
+            "alias": trained.alias,
+            "metrics": trained.metrics,
+            "baseline_metrics": trained.baseline,
+            "input_versions": trained.versions,
+            "seconds": round(train_s, 2),
+        },
+        "recommendations": {
+            user: {
+                "items": picks[picks["user_id"] == user]["item_id"].tolist(),
+                "cold_start": bool(picks[picks["user_id"] == user]["cold_start"].all()),
+            }
+            for user in (known, DEMO_NEW_USER)
         },
         "great_expectations": {
             "suites_run": len(suites),
@@ -257,6 +282,18 @@ def silver_summary(stats: Any) -> dict[str, Any]:
         "warnings_by_rule": dict(warnings.most_common()),
         "invariant_holds": all(a.invariant_holds for a in stats.accounts),
     }
+
+
+def _most_active_user(spark: SparkSession, catalog: Catalog) -> str:
+    top = (
+        catalog.read(spark, SILVER_EVENTS.name)
+        .groupBy("user_id")
+        .count()
+        .orderBy(F.desc("count"), "user_id")
+        .first()
+    )
+    assert top is not None
+    return str(top.user_id)
 
 
 def _count_where(spark: SparkSession, catalog: Catalog, table: str, condition: str) -> int:

@@ -64,6 +64,9 @@ class TrainingRun:
     baseline: dict[str, float]
     snapshot: str
     versions: dict[str, int]
+    training_set: str
+    training_set_rows: int
+    training_set_positives: int
     training_set_digest: str
     split_ts: str
 
@@ -185,6 +188,9 @@ def train(spark: SparkSession, settings: Settings, *, snapshot: str, seed: int =
         baseline=baseline_metrics,
         snapshot=snapshot,
         versions=dict(pinned.versions),
+        training_set=training_set.name,
+        training_set_rows=training_set.rows,
+        training_set_positives=training_set.positives,
         training_set_digest=training_set.digest,
         split_ts=split_ts.isoformat(),
     )
