@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,7 +254,9 @@ def _log_inputs(
 
 
 def _log_model(model: ItemItemModel, name: str, run_id: str) -> str:
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        # MLflow hints that the example's integer `k` cannot hold missing values; it never does.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         path = Path(folder) / "model.json"
         path.write_text(json.dumps(model.to_dict()))
         info = mlflow.pyfunc.log_model(

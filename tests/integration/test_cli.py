@@ -91,6 +91,15 @@ def test_demo_json_lands_every_produced_message_in_bronze(tmp_path: Path) -> Non
     assert training["rows"] > training["positives"] > 0
     assert len(training["digest"]) == 64
 
+    model = summary["model"]
+    assert model["alias"] == "champion" and model["mlflow_run_id"]
+    assert model["metrics"]["ndcg@10"] > 1.5 * model["baseline_metrics"]["ndcg@10"]
+    assert {t: model["input_versions"][t] for t in snapshot["versions"]} == snapshot["versions"]
+    recs = summary["recommendations"]
+    (known,) = [u for u in recs if u != "new-visitor"]
+    assert len(recs[known]["items"]) == 5 and recs[known]["cold_start"] is False
+    assert len(recs["new-visitor"]["items"]) == 5 and recs["new-visitor"]["cold_start"] is True
+
     rebuilt = last_json(
         run(
             data,

@@ -63,6 +63,9 @@ def test_every_command_has_help() -> None:
         ["training-set", "build", "--help"],
         ["training-set", "list", "--help"],
         ["features", "docs", "--help"],
+        ["train", "--help"],
+        ["recommend", "--help"],
+        ["drift", "check", "--help"],
         ["bench", "bronze", "--help"],
     ):
         result = runner.invoke(app, args)

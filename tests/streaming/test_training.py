@@ -1,0 +1,169 @@
+"""Retraining from snapshots with MLflow, promotion, recommendations, drift — on one real lake."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from deltalake import write_deltalake
+from mlflow import MlflowClient
+from pyspark.sql import SparkSession
+
+from pipelines.config import Settings, TriggerSettings
+from pipelines.gold.job import run_gold
+from pipelines.lake.catalog import Catalog
+from pipelines.lake.snapshots import Snapshots
+from pipelines.lake.tables import GOLD_RECOMMENDATIONS, GOLD_USER_FEATURES, QUALITY_DRIFT_RESULTS
+from pipelines.monitoring.drift_job import check_drift
+from pipelines.silver.job import run_silver
+from pipelines.silver.sessions_job import run_sessions
+from pipelines.synthetic.clickstream import ClickstreamGenerator
+from pipelines.training.recommendations import write_recommendations
+from pipelines.training.train import TrainingRun, champion_model, configure_mlflow, train
+from tests.conftest import make_settings
+from tests.streaming.test_silver_job import land_in_bronze
+
+pytestmark = [pytest.mark.streaming, pytest.mark.slow]
+
+AVAILABLE_NOW = TriggerSettings(mode="available-now")
+TABLES = [
+    "silver.events",
+    "silver.sessions",
+    "gold.user_features",
+    "gold.user_features_history",
+    "gold.item_features",
+    "gold.item_features_history",
+]
+
+
+@pytest.fixture(scope="module")
+def lake(
+    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, TrainingRun, TrainingRun]]:
+    settings = make_settings(tmp_path_factory.mktemp("training") / "lake")
+    catalog = Catalog(settings.storage)
+    end = datetime.now(tz=UTC).replace(microsecond=0)
+    generator = ClickstreamGenerator(users=400, items=150, seed=5, end=end, days=6)
+    land_in_bronze(catalog, [e.value.decode() for e in generator.events(20_000)])
+    run_silver(spark, settings, trigger=AVAILABLE_NOW)
+    run_sessions(spark, settings, trigger=AVAILABLE_NOW)
+    run_gold(spark, settings, trigger=AVAILABLE_NOW)
+    Snapshots(catalog).create("s1", TABLES)
+    first = train(spark, settings, snapshot="s1", seed=3)
+    second = train(spark, settings, snapshot="s1", seed=3)
+    yield settings, first, second
+
+
+def test_same_snapshot_and_seed_give_the_same_training_set_and_metrics(
+    lake: tuple[Settings, TrainingRun, TrainingRun],
+) -> None:
+    _, first, second = lake
+    assert second.training_set_digest == first.training_set_digest
+    assert second.metrics == first.metrics
+    assert second.baseline == first.baseline
+
+
+def test_the_collaborative_model_beats_popularity_by_the_observed_margin(
+    lake: tuple[Settings, TrainingRun, TrainingRun],
+) -> None:
+    _, first, _ = lake
+    model, baseline = first.metrics["ndcg@10"], first.baseline["ndcg@10"]
+    # Observed on this data: NDCG@10 0.343 for item-item vs 0.121 for popularity (2.83x);
+    # asserted with some slack below the observed ratio.
+    assert model >= 2.5 * baseline, (model, baseline)
+    assert first.metrics["recall@10"] > first.baseline["recall@10"]
+    assert first.metrics["coverage"] > first.baseline["coverage"]
+
+
+def test_mlflow_run_lists_every_input_table_with_its_snapshot_version(
+    lake: tuple[Settings, TrainingRun, TrainingRun],
+) -> None:
+    settings, first, _ = lake
+    client: MlflowClient = configure_mlflow(settings)
+    run = client.get_run(first.run_id)
+    inputs: dict[str, dict[str, Any]] = {}
+    for item in run.inputs.dataset_inputs:
+        source = json.loads(item.dataset.source)
+        inputs[item.dataset.name] = {
+            "version": source["delta_table_version"],
+            "path": source["path"],
+        }
+    pinned = Snapshots(Catalog(settings.storage)).get("s1").versions
+    assert {t: inputs[t]["version"] for t in TABLES} == pinned
+    assert inputs[first.training_set]["path"].endswith("gold/training_sets")
+    assert run.data.params["snapshot"] == "s1"
+    assert run.data.params["training_set_digest"] == first.training_set_digest
+    assert float(run.data.metrics["ndcg_at_10"]) == pytest.approx(first.metrics["ndcg@10"])
+    assert "baseline_ndcg_at_10" in run.data.metrics
+
+
+def test_a_challenger_that_does_not_beat_the_champion_is_not_promoted(
+    lake: tuple[Settings, TrainingRun, TrainingRun],
+) -> None:
+    settings, first, second = lake
+    assert (first.alias, first.promoted) == ("champion", True)
+    assert (second.alias, second.promoted) == ("challenger", False)
+    client = configure_mlflow(settings)
+    name = settings.mlflow.registered_model
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first.model_version
+    assert (
+        str(client.get_model_version_by_alias(name, "challenger").version) == second.model_version
+    )
+
+
+def test_recommendations_for_known_and_unknown_users(
+    spark: SparkSession, lake: tuple[Settings, TrainingRun, TrainingRun]
+) -> None:
+    settings, first, _ = lake
+    model, version = champion_model(settings)
+    assert version == first.model_version
+    picks = model.predict(pd.DataFrame({"user_id": ["user-00001", "somebody-new"], "k": [7, 7]}))
+    unknown = picks[picks["user_id"] == "somebody-new"]
+    assert len(unknown) == 7 and unknown["cold_start"].all()
+    assert unknown["item_id"].is_unique and unknown["score"].isna().all()
+    written = write_recommendations(spark, settings, k=5)
+    table = Catalog(settings.storage).read(spark, GOLD_RECOMMENDATIONS.name)
+    assert table.count() == written["rows"] == 5 * written["users"] > 0
+    assert {r.model_version for r in table.select("model_version").distinct().collect()} == {
+        version
+    }
+
+
+def test_drift_flags_only_the_shifted_feature(
+    spark: SparkSession, lake: tuple[Settings, TrainingRun, TrainingRun]
+) -> None:
+    settings, _, _ = lake
+    calm = check_drift(spark, settings)
+    assert calm.reference_snapshot == "s1"
+    assert calm.drifted == []
+    assert all(f.psi == 0.0 for f in calm.features if f.status != "skipped")
+
+    catalog = Catalog(settings.storage)
+    current = pa.table(catalog.delta_table(GOLD_USER_FEATURES.name).to_pyarrow_table())
+    index = current.schema.get_field_index("page_view_count_7d")
+    shifted = current.set_column(
+        index, "page_view_count_7d", pa.compute.multiply(current.column(index), 4)
+    )
+    write_deltalake(catalog.delta_table(GOLD_USER_FEATURES.name), shifted, mode="overwrite")
+
+    drift = check_drift(spark, settings)
+    assert drift.drifted == ["page_view_count_7d"]
+    assert drift.current_version > drift.reference_version
+    recorded = catalog.read(spark, QUALITY_DRIFT_RESULTS.name).where("status = 'drift'").collect()
+    assert [r.feature for r in recorded] == ["page_view_count_7d"]
+
+
+def test_train_refuses_an_unknown_snapshot(
+    lake: tuple[Settings, TrainingRun, TrainingRun], spark: SparkSession, tmp_path: Path
+) -> None:
+    settings, _, _ = lake
+    from pipelines.lake.snapshots import SnapshotError
+
+    with pytest.raises(SnapshotError, match="no snapshot 'nope'"):
+        train(spark, settings, snapshot="nope")
