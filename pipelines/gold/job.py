@@ -362,8 +362,8 @@ def _latest_feature_ts(catalog: Catalog) -> datetime | None:
     """The last published ``T`` (from the user history), so ``T`` never goes back."""
     if not catalog.exists(GOLD_USER_FEATURES_HISTORY.name):
         return None
-    table = catalog.delta_table(GOLD_USER_FEATURES_HISTORY.name)
-    column = table.to_pyarrow_dataset().to_table(columns=["feature_ts"]).column("feature_ts")
+    table_name = GOLD_USER_FEATURES_HISTORY.name
+    column = catalog.read_arrow(table_name, columns=["feature_ts"]).column("feature_ts")
     latest = pc.max(column).as_py() if len(column) else None
     return _utc(latest) if latest is not None else None
 

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 from pyspark.sql import DataFrame, SparkSession
@@ -147,6 +149,51 @@ class Catalog:
             spark.read.schema(spec.schema).option("basePath", self.location(name)).parquet(*files)
         )
         return frame.select(*columns)
+
+    def read_arrow(
+        self,
+        name: str,
+        *,
+        version: int | None = None,
+        columns: list[str] | None = None,
+        partitions: list[tuple[str, str, Any]] | None = None,
+    ) -> pa.Table:
+        """A (small) table version as Arrow, without Spark.
+
+        Files are resolved by delta-rs and read by pyarrow's own Parquet dataset. (delta-rs'
+        ``to_pyarrow_dataset`` routes I/O through Python callbacks from Arrow threads, which can
+        abort the interpreter at exit.)
+        """
+        spec = table_spec(name)
+        table = self.delta_table(name, version)
+        files = (
+            table.file_uris(file_pruning_predicate=partitions) if partitions else table.file_uris()
+        )
+        schema = spec.arrow_schema
+        if not files:
+            empty = schema.empty_table()
+            return empty.select(columns) if columns else empty
+        partitioning = (
+            ds.partitioning(pa.schema([schema.field(c) for c in spec.partition_by]), flavor="hive")
+            if spec.partition_by
+            else None
+        )
+        dataset = ds.dataset(
+            files,
+            schema=schema,
+            format="parquet",
+            partitioning=partitioning,
+            partition_base_dir=self.location(name) if partitioning else None,
+            filesystem=self._filesystem(),
+        )
+        return dataset.to_table(columns=columns)
+
+    def _filesystem(self) -> pafs.FileSystem | None:
+        root = self.storage.root
+        if "://" not in root:
+            return None
+        filesystem, _ = pafs.FileSystem.from_uri(root)
+        return filesystem
 
     def register_views(self, spark: SparkSession) -> dict[str, str]:
         """Register every existing table as a temp view; returns logical name -> view name."""

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
@@ -143,7 +144,7 @@ class Snapshots:
         options = self.catalog.storage_options
         if not DeltaTable.is_deltatable(self.location, storage_options=options):
             return []
-        return DeltaTable(self.location, storage_options=options).to_pyarrow_table().to_pylist()
+        return self.catalog.read_arrow(LAKE_SNAPSHOTS.name).to_pylist()
 
     def _current_version(self, snapshot: str, table: str) -> int:
         try:
@@ -308,7 +309,10 @@ def read_pandas(
             f"table {name}@v{resolved} has {rows} rows, more than max_rows={max_rows}; "
             "read it with Spark (pipelines.lake.snapshots.read_table) or raise max_rows"
         )
-    return table.to_pandas(columns=columns or known)
+    frame: pd.DataFrame = catalog.read_arrow(
+        name, version=resolved, columns=columns or known
+    ).to_pandas()
+    return frame
 
 
 def _snapshots_from_rows(rows: Rows) -> list[Snapshot]:
@@ -332,7 +336,7 @@ def _row_count(table: DeltaTable) -> int:
     """Rows in the loaded version: from file statistics, or Parquet footers if stats are missing."""
     counts = pa.table(table.get_add_actions(flatten=True)).column("num_records").to_pylist()
     if None in counts:
-        return int(table.to_pyarrow_dataset().count_rows())
+        return sum(pq.ParquetFile(uri).metadata.num_rows for uri in table.file_uris())
     return int(sum(counts))
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from pipelines.config import Settings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import (
@@ -48,7 +46,7 @@ def latest_results(catalog: Catalog, settings: Settings, limit: int) -> dict[str
 def _rows(catalog: Catalog, name: str) -> list[dict[str, Any]]:
     if not catalog.exists(name):
         return []
-    return list(pa.table(catalog.delta_table(name).to_pyarrow_table()).to_pylist())
+    return list(catalog.read_arrow(name).to_pylist())
 
 
 def _count(catalog: Catalog, name: str) -> int:

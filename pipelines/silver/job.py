@@ -268,9 +268,11 @@ def _existing_ids(catalog: Catalog, dates: list[str], load_id: str) -> pa.Array:
     """``event_id`` of rows already in silver on these event dates, written by earlier batches."""
     if not dates:
         return pa.array([], pa.string())
-    table = catalog.delta_table(SILVER_EVENTS.name)
-    dataset = table.to_pyarrow_dataset(file_pruning_predicate=[("event_date", "in", dates)])
-    found = dataset.to_table(columns=["event_id", "load_id"])
+    found = catalog.read_arrow(
+        SILVER_EVENTS.name,
+        columns=["event_id", "load_id"],
+        partitions=[("event_date", "in", dates)],
+    )
     earlier = found.filter(pc.not_equal(found.column("load_id"), load_id))
     return pc.unique(earlier.column("event_id").combine_chunks())
 

@@ -166,5 +166,5 @@ def training_sets(catalog: Catalog) -> list[dict[str, object]]:
     """Every recorded training set build, newest first."""
     if not catalog.exists(LAKE_TRAINING_SETS.name):
         return []
-    rows = pa.table(catalog.delta_table(LAKE_TRAINING_SETS.name).to_pyarrow_table()).to_pylist()
+    rows = catalog.read_arrow(LAKE_TRAINING_SETS.name).to_pylist()
     return sorted(rows, key=lambda r: r["created_at"], reverse=True)

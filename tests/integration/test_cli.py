@@ -93,7 +93,9 @@ def test_demo_json_lands_every_produced_message_in_bronze(tmp_path: Path) -> Non
 
     model = summary["model"]
     assert model["alias"] == "champion" and model["mlflow_run_id"]
-    assert model["metrics"]["ndcg@10"] > 1.5 * model["baseline_metrics"]["ndcg@10"]
+    # The margin is asserted on a larger world in tests/streaming/test_training.py; the small
+    # test-env demo (5,000 events) only has to beat the baseline.
+    assert model["metrics"]["ndcg@10"] > model["baseline_metrics"]["ndcg@10"]
     assert {t: model["input_versions"][t] for t in snapshot["versions"]} == snapshot["versions"]
     recs = summary["recommendations"]
     (known,) = [u for u in recs if u != "new-visitor"]
