@@ -167,3 +167,25 @@ def test_train_refuses_an_unknown_snapshot(
 
     with pytest.raises(SnapshotError, match="no snapshot 'nope'"):
         train(spark, settings, snapshot="nope")
+
+
+def test_recommend_cli_flags_an_unknown_user_as_cold_start(
+    lake: tuple[Settings, TrainingRun, TrainingRun], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    settings, first, _ = lake
+    monkeypatch.setenv("LAKEHOUSE_DATA", settings.storage.root)
+    result = CliRunner().invoke(
+        app, ["recommend", "--user", "brand-new", "-k", "4", "--env", "test", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output.strip().splitlines()[-1])
+    assert answer["cold_start"] is True
+    assert answer["model_version"] == first.model_version
+    assert len(answer["items"]) == len(set(answer["items"])) == 4
+    both = CliRunner().invoke(app, ["recommend", "--env", "test"])
+    assert both.exit_code == 2
+    assert "pass --user USER, or --batch" in both.output
