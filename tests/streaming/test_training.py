@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,10 @@ def lake(
 ) -> Iterator[tuple[Settings, TrainingRun, TrainingRun]]:
     settings = make_settings(tmp_path_factory.mktemp("training") / "lake")
     catalog = Catalog(settings.storage)
-    end = datetime.now(tz=UTC).replace(microsecond=0)
-    generator = ClickstreamGenerator(users=400, items=150, seed=5, end=end, days=6)
+    # The generator's daily traffic cycle depends on the time of day of `end`: pin it (noon UTC
+    # yesterday, within the allowed lateness) so the metrics do not change with the clock.
+    end = datetime.combine(datetime.now(tz=UTC).date() - timedelta(days=1), time(12), tzinfo=UTC)
+    generator = ClickstreamGenerator(users=400, items=150, seed=5, end=end, days=5)
     land_in_bronze(catalog, [e.value.decode() for e in generator.events(20_000)])
     run_silver(spark, settings, trigger=AVAILABLE_NOW)
     run_sessions(spark, settings, trigger=AVAILABLE_NOW)
@@ -74,9 +76,9 @@ def test_the_collaborative_model_beats_popularity_by_the_observed_margin(
 ) -> None:
     _, first, _ = lake
     model, baseline = first.metrics["ndcg@10"], first.baseline["ndcg@10"]
-    # Observed on this data: NDCG@10 0.343 for item-item vs 0.121 for popularity (2.83x);
-    # asserted with some slack below the observed ratio.
-    assert model >= 2.5 * baseline, (model, baseline)
+    # Observed on this (pinned) data: NDCG@10 0.333 for item-item vs 0.107 for popularity
+    # (3.12x); asserted with a little slack below the observed ratio.
+    assert model >= 2.9 * baseline, (model, baseline)
     assert first.metrics["recall@10"] > first.baseline["recall@10"]
     assert first.metrics["coverage"] > first.baseline["coverage"]
 
