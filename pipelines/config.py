@@ -67,6 +67,10 @@ class KafkaTopics(_Model):
     add_to_cart: str = "add_to_carts"
     purchase: str = "purchase_events"
     dlq: str = "events_dlq"
+    identities: str = Field(
+        default="user_identities",
+        description="Segment-style identify calls (user id <-> anonymous id, traits); not events.",
+    )
 
     def for_event_type(self, event_type: str) -> str:
         if event_type not in EVENT_TYPES:
@@ -306,6 +310,62 @@ class DriftSettings(_Model):
     )
 
 
+class RateLimitSettings(_Model):
+    """A token bucket per write key, in events."""
+
+    events_per_second: float = Field(default=50_000, gt=0)
+    burst: int = Field(default=100_000, ge=1, description="Events a key may send at once.")
+
+
+DEFAULT_SEGMENT_EVENTS = {
+    "Product Viewed": "page_view",
+    "Product Clicked": "click",
+    "Product Added": "add_to_cart",
+    "Products Searched": "search",
+    "Order Completed": "purchase",
+}
+
+
+class CollectorSettings(_Model):
+    """The HTTP collector: where it listens, who may write, and the limits it enforces."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8090, ge=0, le=65535)
+    write_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="name -> write key; keys come from ${ENV} secrets and are never logged.",
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1_024, description="Largest (decompressed) request body; 413 above."
+    )
+    max_events_per_request: int = Field(default=2_000, ge=1)
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    produce_timeout_s: float = Field(
+        default=10.0, gt=0, description="Wait this long for Kafka's acknowledgement, then 503."
+    )
+    linger_ms: int = Field(default=2, ge=0, description="Producer batching delay (latency).")
+    truncate_ip: bool = Field(
+        default=True, description="Zero the host part of client IPs (IPv4 /24, IPv6 /48)."
+    )
+    trust_forwarded_for: bool = Field(
+        default=False, description="Take the client IP from X-Forwarded-For (behind a proxy)."
+    )
+    segment_events: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_SEGMENT_EVENTS),
+        description="Segment track event names -> contract event types.",
+    )
+
+    @field_validator("segment_events")
+    @classmethod
+    def _known_types(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted({t for t in value.values() if t not in EVENT_TYPES})
+        if unknown:
+            raise ValueError(
+                f"maps to unknown event types {unknown} (known: {', '.join(EVENT_TYPES)})"
+            )
+        return value
+
+
 class Settings(_Model):
     """The whole configuration of one environment."""
 
@@ -320,6 +380,7 @@ class Settings(_Model):
     gold: GoldSettings = GoldSettings()
     mlflow: MlflowSettings = MlflowSettings()
     drift: DriftSettings = DriftSettings()
+    collector: CollectorSettings = CollectorSettings()
     demo: DemoSettings = DemoSettings()
     conf_dir: str = Field(
         default="conf", description="Set by the loader: where the YAML came from."

@@ -1,8 +1,8 @@
 """``lakehouse demo``: the whole job end to end on the embedded defaults.
 
-Starts the embedded broker, publishes synthetic clickstream (with a share of bad events), runs
-the bronze query to completion and summarises what landed where. Later layers add their fields
-to the same summary.
+Starts the embedded broker and the HTTP collector, sends synthetic clickstream (with a share of
+bad events) through the tracking SDK, runs bronze -> silver -> sessions -> gold, snapshots,
+trains and recommends, and summarises what landed where.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.bronze.job import run_bronze
-from pipelines.config import Settings, TriggerSettings
+from pipelines.collector import BackgroundCollector
+from pipelines.config import ConfigError, Settings, TriggerSettings
 from pipelines.gold.job import gold_snapshot_validator, gold_suite_gate, run_gold
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import Snapshots
@@ -39,7 +40,7 @@ from pipelines.silver.job import run_silver, silver_suite_validator
 from pipelines.silver.sessions_job import run_sessions
 from pipelines.streaming.kafka import embedded_broker
 from pipelines.synthetic.clickstream import ClickstreamGenerator
-from pipelines.synthetic.publish import publish_clickstream
+from pipelines.synthetic.publish import track_clickstream
 from pipelines.training.sets import REQUIRED_TABLES as TRAINING_TABLES
 from pipelines.training.train import champion_model, train
 
@@ -54,7 +55,7 @@ DEFAULT_SNAPSHOT_TABLES = (
     "gold.item_features_history",
 )
 # Only these folders under the storage root are reset; the root itself is never removed.
-_DEMO_STATE = ("tables", "_checkpoints", "quality", "mlflow")
+_DEMO_STATE = ("tables", "_checkpoints", "quality", "mlflow", "_spool")
 
 
 @dataclass
@@ -96,21 +97,29 @@ def run_demo(
     removed = reset_demo_state(settings)
     if removed:
         hooks.stage(f"reset previous demo data: {', '.join(removed)}")
-    with embedded_broker(settings) as broker:
+    with (
+        embedded_broker(settings) as broker,
+        BackgroundCollector(settings, broker.bootstrap_servers) as collector,
+    ):
         hooks.stage(f"embedded Kafka broker on {broker.bootstrap_servers}")
+        hooks.stage(f"collector on {collector.url} (SDK -> collector -> Kafka)")
         generator = ClickstreamGenerator(
             users=demo.users, items=demo.items, seed=demo.seed, bad_fraction=demo.bad_fraction
         )
-        hooks.stage(f"publishing {demo.events:,} events ({demo.bad_fraction:.0%} bad)")
+        hooks.stage(
+            f"tracking {demo.events:,} events through the SDK ({demo.bad_fraction:.0%} bad)"
+        )
         t0 = time.perf_counter()
-        published = publish_clickstream(
+        tracked = track_clickstream(
             generator,
             demo.events,
-            settings.kafka,
-            broker.bootstrap_servers,
+            collector.url,
+            _write_key(settings),
+            Path(settings.storage.resolved().root) / "_spool",
             on_progress=hooks.produced,
         )
         produce_s = time.perf_counter() - t0
+        edge = collector.collector.metrics.event_totals()
 
         hooks.stage("starting Spark")
         spark = spark_factory(settings)
@@ -182,15 +191,29 @@ def run_demo(
     quality = latest_results(catalog, settings, limit=1_000)
     suites = quality["suites"]
 
+    produced_per_topic = {
+        settings.kafka.topics.for_event_type(t): n for t, n in sorted(edge["accepted"].items())
+    }
     info = catalog.info(BRONZE_EVENTS_RAW.name)
     per_topic = catalog.read(spark, BRONZE_EVENTS_RAW.name).groupBy("topic").count().collect()
     return {
         "env": settings.env,
         "storage_root": settings.storage.resolved().root,
+        "ingest": {
+            "path": "tracking SDK -> HTTP collector -> Kafka",
+            "collector_url": collector.url,
+            **tracked.to_dict(),
+            "accepted": sum(edge["accepted"].values()),
+            "rejected": sum(edge["rejected"].values()),
+            "rejected_by_rule": dict(sorted(edge["rules"].items(), key=lambda kv: -kv[1])),
+            "seconds": round(produce_s, 2),
+            "events_per_second": round(demo.events / produce_s) if produce_s else None,
+        },
         "kafka": {
             "bootstrap_servers": broker.bootstrap_servers,
-            **published.to_dict(),
-            "produce_seconds": round(produce_s, 2),
+            "produced_per_topic": produced_per_topic,
+            "produced": sum(produced_per_topic.values()),
+            "dlq": sum(edge["rejected"].values()),
         },
         "bronze": {
             "table": BRONZE_EVENTS_RAW.name,
@@ -259,7 +282,7 @@ def run_demo(
             "suites_passed": sum(1 for r in suites if r["success"]),
             "data_docs": quality["data_docs"],
         },
-        "matches": info.rows == published.delivery.total_delivered,
+        "matches": info.rows == sum(produced_per_topic.values()),
         "seconds": round(time.perf_counter() - started, 2),
     }
 
@@ -282,6 +305,16 @@ def silver_summary(stats: Any) -> dict[str, Any]:
         "warnings_by_rule": dict(warnings.most_common()),
         "invariant_holds": all(a.invariant_holds for a in stats.accounts),
     }
+
+
+def _write_key(settings: Settings) -> str:
+    keys = settings.collector.write_keys
+    if not keys:
+        raise ConfigError(
+            "the demo sends through the collector but collector.write_keys is empty; "
+            "add one in conf/<env>.yaml"
+        )
+    return next(iter(keys.values())).get_secret_value()
 
 
 def _most_active_user(spark: SparkSession, catalog: Catalog) -> str:

@@ -47,7 +47,10 @@ def kafka_broker() -> Iterator[EmbeddedKafka]:
 def lake_settings(tmp_path: Path, kafka_broker: EmbeddedKafka) -> Settings:
     """Test settings on the embedded broker, with topics no other test uses."""
     suffix = uuid.uuid4().hex[:8]
-    topics = {t: f"{t}-{suffix}" for t in EVENT_TYPES} | {"dlq": f"dlq-{suffix}"}
+    topics = {t: f"{t}-{suffix}" for t in EVENT_TYPES} | {
+        "dlq": f"dlq-{suffix}",
+        "identities": f"identities-{suffix}",
+    }
     return make_settings(
         tmp_path / "lake",
         kafka={"bootstrap_servers": kafka_broker.bootstrap_servers, "topics": topics},

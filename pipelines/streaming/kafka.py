@@ -64,7 +64,7 @@ class EmbeddedKafka:
             conf: dict[str, Any] = {
                 "test.mock.num.brokers": self._num_brokers,
                 "log_level": 3,
-                "logger": _quiet_logger,
+                "logger": quiet_logger,
             }
             self._fallback = Producer(conf)
             metadata = self._fallback.list_topics(timeout=10)
@@ -158,10 +158,11 @@ def _librdkafka() -> ctypes.CDLL:
 
 
 def embedded_broker(settings: Settings) -> EmbeddedKafka:
-    """An embedded broker with every configured topic (events + DLQ) created up front."""
+    """An embedded broker with every configured topic (events, DLQ, identities) created up front."""
     topics = settings.kafka.topics
     return EmbeddedKafka(
-        topics=[*topics.event_topics, topics.dlq], partitions=settings.kafka.embedded_partitions
+        topics=[*topics.event_topics, topics.dlq, topics.identities],
+        partitions=settings.kafka.embedded_partitions,
     )
 
 
@@ -213,7 +214,7 @@ def check_reachable(conf: dict[str, Any], timeout_s: float) -> None:
     """Raise KafkaUnavailableError unless a metadata request succeeds within ``timeout_s``."""
     from confluent_kafka.admin import AdminClient
 
-    admin_conf: dict[str, Any] = {**conf, "logger": _quiet_logger}
+    admin_conf: dict[str, Any] = {**conf, "logger": quiet_logger}
     admin = AdminClient(admin_conf)
     try:
         admin.list_topics(timeout=timeout_s)
@@ -256,7 +257,7 @@ class EventProducer:
             "enable.idempotence": p.enable_idempotence,
             "delivery.timeout.ms": p.delivery_timeout_ms,
             "queue.buffering.max.messages": 500_000,
-            "logger": _quiet_logger,
+            "logger": quiet_logger,
         }
         self._producer = Producer(conf)
         self.report = DeliveryReport()
@@ -340,4 +341,4 @@ class _QuietLogger(logging.Logger):
         logging.getLogger("librdkafka").debug(msg, *args)
 
 
-_quiet_logger = _QuietLogger("librdkafka-quiet")
+quiet_logger = _QuietLogger("librdkafka-quiet")

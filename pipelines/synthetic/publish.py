@@ -1,13 +1,19 @@
-"""Publish generated clickstream to Kafka: one topic per event type, keyed by user id."""
+"""Generated clickstream into Kafka: produced directly (one topic per event type, keyed by user
+id), or sent the way apps send it — through the tracking SDK to the HTTP collector."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
 
 from pipelines.config import KafkaSettings
 from pipelines.streaming.kafka import DeliveryReport, EventProducer
 from pipelines.synthetic.clickstream import ClickstreamGenerator, GenerationReport
+from pipelines.tracking import Tracker, TrackerStats
 
 
 @dataclass
@@ -48,3 +54,51 @@ def publish_clickstream(
         on_progress(events % step)
     delivery = producer.flush(flush_timeout_s)
     return PublishResult(generation=generator.report, delivery=delivery)
+
+
+@dataclass
+class TrackResult:
+    generation: GenerationReport
+    sdk: TrackerStats
+    delivered: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "generated": self.generation.to_dict(),
+            "sdk": asdict(self.sdk),
+            "delivered": self.delivered,
+        }
+
+
+def track_clickstream(
+    generator: ClickstreamGenerator,
+    events: int,
+    endpoint: str,
+    write_key: str,
+    spool_dir: Path,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    flush_timeout_s: float = 120.0,
+) -> TrackResult:
+    """Send ``events`` generated events through the SDK to the collector at ``endpoint``.
+
+    Events go out exactly as generated (bad ones included), so the collector decides: a
+    malformed payload travels as a JSON string and is rejected as ``not_an_object``, the other
+    bad kinds fail the contract and land in the DLQ, duplicates are accepted (same event_id)
+    and removed in silver.
+    """
+    step = max(1, events // 100)
+    with Tracker(endpoint, write_key, spool_dir=spool_dir, batch_size=500) as tracker:
+        for i, event in enumerate(generator.events(events), start=1):
+            try:
+                parsed = orjson.loads(event.value)
+            except orjson.JSONDecodeError:
+                parsed = event.value.decode()
+            tracker.enqueue(parsed, complete=False)
+            if on_progress is not None and i % step == 0:
+                on_progress(step)
+        if on_progress is not None and events % step:
+            on_progress(events % step)
+        delivered = tracker.flush(flush_timeout_s)
+        stats = tracker.stats
+    return TrackResult(generation=generator.report, sdk=stats, delivered=delivered)

@@ -45,12 +45,24 @@ def last_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def test_demo_json_lands_every_produced_message_in_bronze(tmp_path: Path) -> None:
+def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
+    tmp_path: Path,
+) -> None:
     data = tmp_path / "lake"
     summary = last_json(run(data, "demo", "--json"))
-    kafka, bronze = summary["kafka"], summary["bronze"]
-    assert kafka["produced"] == 5_000  # conf/test.yaml demo.events
-    assert kafka["failed"] == 0
+    ingest, kafka, bronze = summary["ingest"], summary["kafka"], summary["bronze"]
+    sdk, bad = ingest["sdk"], ingest["generated"]["by_kind"]
+    assert ingest["path"] == "tracking SDK -> HTTP collector -> Kafka"
+    assert sdk["tracked"] == 5_000  # conf/test.yaml demo.events
+    assert sdk["dropped"] == 0 and ingest["delivered"] is True
+    assert 50 <= sum(bad.values()) <= 150  # ~2 % of 5,000
+    # Every bad kind but exact duplicates breaks the contract and is rejected at the edge.
+    assert ingest["rejected"] == sum(v for k, v in bad.items() if k != "duplicate")
+    assert ingest["accepted"] + ingest["rejected"] == 5_000
+    assert sdk["accepted"] == ingest["accepted"] and sdk["rejected"] == ingest["rejected"]
+    for rule in ("not_an_object", "unknown_event_type", "timestamp_in_future"):
+        assert ingest["rejected_by_rule"][rule] > 0
+    assert kafka["produced"] == ingest["accepted"] and kafka["dlq"] == ingest["rejected"]
     assert bronze["rows"] == kafka["produced"]
     assert bronze["rows_per_topic"] == kafka["produced_per_topic"]
     assert set(kafka["produced_per_topic"]) == {
@@ -60,20 +72,15 @@ def test_demo_json_lands_every_produced_message_in_bronze(tmp_path: Path) -> Non
         "add_to_carts",
         "purchase_events",
     }
-    bad = kafka["generated"]["by_kind"]
-    assert 50 <= sum(bad.values()) <= 150  # ~2 % of 5,000
     assert bronze["table_version"] >= 1
     assert summary["matches"] is True
 
     silver = summary["silver"]
-    assert silver["input"] == 5_000
-    assert silver["written"] + silver["quarantined"] + silver["duplicates"] == 5_000
+    assert silver["input"] == ingest["accepted"]
+    assert silver["written"] + silver["quarantined"] + silver["duplicates"] == silver["input"]
     assert silver["rows"] == silver["written"]
-    assert silver["quarantine_rows"] == silver["quarantined"]
-    assert silver["duplicates"] == bad["duplicate"]
-    assert silver["quarantined"] == sum(v for k, v in bad.items() if k != "duplicate")
-    for rule in ("json_parse", "unknown_event_type", "timestamp_in_future"):
-        assert silver["quarantined_by_rule"][rule] > 0
+    assert silver["quarantine_rows"] == silver["quarantined"] == 0  # the edge caught them
+    assert silver["duplicates"] == bad["duplicate"]  # client retries: same event_id
     assert silver["invariant_holds"] is True
     assert silver["accounting_holds"] is True
     assert summary["sessions"]["rows"] > 0
@@ -132,7 +139,7 @@ def test_demo_json_lands_every_produced_message_in_bronze(tmp_path: Path) -> Non
 
     tables = last_json(run(data, "tables", "--json"))["tables"]
     (info,) = [t for t in tables if t["name"] == "bronze.events_raw"]
-    assert (info["rows"], info["version"]) == (5_000, bronze["table_version"])
+    assert (info["rows"], info["version"]) == (ingest["accepted"], bronze["table_version"])
 
     counted = last_json(
         run(

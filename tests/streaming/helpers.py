@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from pipelines.config import Settings
 from pipelines.streaming.kafka import EventProducer
@@ -42,3 +45,38 @@ def forget_commit(checkpoint: str, batch_id: int) -> None:
     commits = Path(checkpoint) / "commits"
     (commits / str(batch_id)).unlink()
     (commits / f".{batch_id}.crc").unlink(missing_ok=True)
+
+
+def read_topic(
+    bootstrap: str, topic: str, timeout_s: float = 30.0
+) -> list[tuple[str | None, bytes]]:
+    """Every message in ``topic`` right now, as ``(key, value)``, read to the high watermarks."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"read-{topic}", "enable.auto.commit": False}
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            return []
+        ends = {}
+        for p in metadata.partitions:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > 0:
+                ends[p] = high
+        if not ends:
+            return []
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        out: list[tuple[str | None, bytes]] = []
+        deadline = time.monotonic() + timeout_s
+        while ends and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            key = msg.key()
+            out.append((key.decode() if key is not None else None, msg.value()))
+            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                ends.pop(msg.partition(), None)
+        assert not ends, f"timed out reading {topic}: partitions {sorted(ends)} not drained"
+        return out
+    finally:
+        consumer.close()

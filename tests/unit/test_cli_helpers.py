@@ -67,6 +67,8 @@ def test_every_command_has_help() -> None:
         ["recommend", "--help"],
         ["drift", "check", "--help"],
         ["bench", "bronze", "--help"],
+        ["bench", "collector", "--help"],
+        ["collector", "serve", "--help"],
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
@@ -77,3 +79,17 @@ def test_unknown_env_exits_2_with_the_fix() -> None:
     result = CliRunner().invoke(app, ["tables", "--env", "nope"])
     assert result.exit_code == 2
     assert "unknown environment 'nope'" in result.output
+
+
+def test_collector_serve_without_write_keys_exits_2_naming_the_key(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "base.yaml").write_text(
+        f"storage: {{root: {tmp_path}}}\nkafka: {{bootstrap_servers: '127.0.0.1:1'}}\n"
+    )
+    (conf / "bare.yaml").write_text("{}\n")
+    result = CliRunner().invoke(
+        app, ["collector", "serve", "--env", "bare"], env={"LAKEHOUSE_CONF_DIR": str(conf)}
+    )
+    assert result.exit_code == 2
+    assert "collector.write_keys is empty" in result.output

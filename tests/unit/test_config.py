@@ -110,9 +110,19 @@ def test_repository_environments_load() -> None:
         "KAFKA_BOOTSTRAP_SERVERS": "b1:9093",
         "KAFKA_SASL_USERNAME": "svc",
         "KAFKA_SASL_PASSWORD": "pw",
+        "LAKEHOUSE_WRITE_KEY_WEB": "wk-web",
+        "LAKEHOUSE_WRITE_KEY_BACKEND": "wk-backend",
     }
     prod = load_settings("prod", conf_dir=conf, environ=prod_env)
     assert prod.storage.root == "s3://bucket/lake"
+    assert prod.collector.write_keys["web"].get_secret_value() == "wk-web"
+    assert "wk-web" not in repr(prod.collector)  # secrets never print
+    with pytest.raises(ConfigError, match="LAKEHOUSE_WRITE_KEY_BACKEND"):
+        load_settings(
+            "prod",
+            conf_dir=conf,
+            environ={k: v for k, v in prod_env.items() if k != "LAKEHOUSE_WRITE_KEY_BACKEND"},
+        )
     assert prod.streaming.trigger.mode == "processing-time"
     with pytest.raises(ConfigError, match=r"KAFKA_BOOTSTRAP_SERVERS|LAKEHOUSE_STORAGE_ROOT"):
         load_settings("prod", conf_dir=conf, environ={})
