@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import re
 import signal
 import sys
@@ -33,7 +34,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pipelines.config import ConfigError, Settings, TriggerSettings, load_settings
+from pipelines.config import ConfigError, Settings, TriggerSettings, load_settings, spark_interval
 from pipelines.contracts import (
     ContractError,
     ContractRegistry,
@@ -45,6 +46,7 @@ from pipelines.lake.catalog import Catalog, TableNotFoundError
 from pipelines.lake.maintenance import MaintenanceError
 from pipelines.lake.snapshots import SnapshotError
 from pipelines.lake.tables import UnknownTableError
+from pipelines.notebooks import NotebookError
 from pipelines.quality.expectations import QualityConfigError
 from pipelines.streaming.kafka import (
     KafkaUnavailableError,
@@ -94,6 +96,8 @@ app.add_typer(training_app, name="training-set")
 app.add_typer(features_app, name="features")
 drift_app = typer.Typer(help="Feature drift against the champion's snapshot.", no_args_is_help=True)
 app.add_typer(drift_app, name="drift")
+notebook_app = typer.Typer(help="Databricks notebooks, run locally.", no_args_is_help=True)
+app.add_typer(notebook_app, name="notebook")
 collector_app = typer.Typer(
     help="The HTTP collector: contract-validated events into Kafka.", no_args_is_help=True
 )
@@ -137,6 +141,7 @@ _USER_ERRORS = (
     TableNotFoundError,
     UnknownTableError,
     StreamingJobError,
+    NotebookError,
 )
 
 
@@ -165,7 +170,7 @@ def _gx_validator(settings: Settings, spark: Any) -> Any:
     from pipelines.lake.catalog import Catalog as _Catalog
     from pipelines.silver.job import silver_suite_validator
 
-    return silver_suite_validator(settings, _Catalog(settings.storage))
+    return silver_suite_validator(settings, _Catalog.for_settings(settings))
 
 
 def _spark(settings: Settings) -> Any:
@@ -208,6 +213,94 @@ def kafka_serve(env: EnvOption = None) -> None:
         finally:
             state.unlink(missing_ok=True)
     out.print("embedded Kafka broker stopped")
+
+
+# -- notebooks --------------------------------------------------------------------------------
+@notebook_app.command("run")
+@friendly_errors
+def notebook_run(
+    path: Annotated[Path, typer.Argument(help="A Databricks source-format notebook.")],
+    env: EnvOption = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="Widget value, k=v (repeatable)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a scheduled-job notebook locally with a widgets/dbutils shim (cells in order)."""
+    from pipelines.notebooks import run_notebook
+
+    params: dict[str, str] = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param {item!r} must be key=value")
+        params[key] = value
+    result = run_notebook(
+        path, env or os.environ.get("LAKEHOUSE_ENV", "local"), params, echo=not as_json
+    )
+    if as_json:
+        out.print(
+            json.dumps(
+                {
+                    "notebook": str(path),
+                    "widgets": result.widgets,
+                    "cells_run": result.cells_run,
+                    "seconds": round(result.seconds, 2),
+                    "exit_value": result.exit_value,
+                },
+                default=str,
+            ),
+            highlight=False,
+        )
+    else:
+        out.print(
+            f"[green]{path}[/]: {result.cells_run} cells in {result.seconds:.1f}s; "
+            f"exit value: {result.exit_value}",
+            highlight=False,
+        )
+
+
+# -- doctor -----------------------------------------------------------------------------------
+@app.command("doctor")
+@friendly_errors
+def doctor(
+    env: EnvOption = None,
+    skip_spark: Annotated[
+        bool, typer.Option("--skip-spark", help="Skip the checks that start a JVM.")
+    ] = False,
+    kafka_timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = 5.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Check Java, Spark, the configured adapters (delta-spark / Kafka jars?), the broker,
+    storage, checkpoints, MLflow and the collector's keys; exit 1 naming the fix if any fails."""
+    from pipelines.doctor import run_checks
+
+    settings = _settings(env)
+    checks = run_checks(
+        settings, spark=not skip_spark, spark_factory=_spark, kafka_timeout_s=kafka_timeout
+    )
+    failed = [c for c in checks if c.status == "fail"]
+    if as_json:
+        out.print_json(
+            data={"env": settings.env, "ok": not failed, "checks": [c.to_dict() for c in checks]}
+        )
+    else:
+        table = Table(
+            "check", "status", "detail", "fix", title=f"lakehouse doctor ({settings.env})"
+        )
+        colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for c in checks:
+            table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail, c.fix)
+        out.print(table)
+    if failed:
+        err.print(
+            f"[bold red]{len(failed)} check(s) failed:[/] "
+            + "; ".join(f"{c.name}: {c.fix}" for c in failed),
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
 
 
 # -- collector --------------------------------------------------------------------------------
@@ -500,12 +593,12 @@ def _trigger(
 
 
 def _normalise_interval(text: str) -> str:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|seconds?|minutes?|milliseconds?)\s*", text)
-    if not match:
-        raise ConfigError(f"--processing-time {text!r} is not a duration; use e.g. 5s, 500ms, 1m")
-    value, unit = match.groups()
-    unit = {"s": "seconds", "m": "minutes", "ms": "milliseconds"}.get(unit, unit)
-    return f"{value} {unit}"
+    try:
+        return spark_interval(text)
+    except ValueError:
+        raise ConfigError(
+            f"--processing-time {text!r} is not a duration; use e.g. 5s, 500ms, 1m"
+        ) from None
 
 
 # -- tables / sql -----------------------------------------------------------------------------
@@ -514,7 +607,7 @@ def _normalise_interval(text: str) -> str:
 def tables(env: EnvOption = None, as_json: JsonOption = False) -> None:
     """List every table of the lake: version, rows, files, size, last commit."""
     settings = _settings(env)
-    infos = Catalog(settings.storage).infos()
+    infos = Catalog.for_settings(settings).infos()
     if as_json:
         print(json.dumps({"tables": [_info_dict(i) for i in infos]}))
         return
@@ -547,7 +640,7 @@ def history(
 ) -> None:
     """Show a table's Delta commits: version, time, operation, rows added, streaming batch."""
     settings = _settings(env)
-    commits = Catalog(settings.storage).history(table, limit)
+    commits = Catalog.for_settings(settings).history(table, limit)
     rows = [
         {
             "version": c.get("version"),
@@ -595,7 +688,7 @@ def sql(
 
     settings = _settings(env)
     spark = _spark(settings)
-    views = Catalog(settings.storage).register_views(spark)
+    views = Catalog.for_settings(settings).register_views(spark)
     rewritten = rewrite_table_names(query, views)
     try:
         frame = spark.sql(rewritten)
@@ -771,7 +864,7 @@ def run_gold_cmd(
     trigger = _trigger(settings, available_now, processing_time)
     spark = _spark(settings)
     gate = (
-        gold_suite_gate(settings, Catalog(settings.storage))
+        gold_suite_gate(settings, Catalog.for_settings(settings))
         if gx and settings.quality.great_expectations.enabled
         else None
     )
@@ -824,7 +917,7 @@ def snapshot_create(
     from pipelines.lake.snapshots import Snapshots
 
     settings = _settings(env)
-    catalog = Catalog(settings.storage)
+    catalog = Catalog.for_settings(settings)
     validator = (
         gold_snapshot_validator(_spark(settings), settings, catalog, name) if validate else None
     )
@@ -838,7 +931,7 @@ def snapshot_list(env: EnvOption = None, as_json: JsonOption = False) -> None:
     """Every snapshot, newest first."""
     from pipelines.lake.snapshots import Snapshots
 
-    snaps = Snapshots(Catalog(_settings(env).storage)).list()
+    snaps = Snapshots(Catalog.for_settings(_settings(env))).list()
     if as_json:
         print(json.dumps({"snapshots": [_snapshot_dict(s) for s in snaps]}))
         return
@@ -859,7 +952,7 @@ def snapshot_show(
     """The tables and Delta versions a snapshot pins."""
     from pipelines.lake.snapshots import Snapshots
 
-    _print_snapshot(Snapshots(Catalog(_settings(env).storage)).get(name), as_json)
+    _print_snapshot(Snapshots(Catalog.for_settings(_settings(env))).get(name), as_json)
 
 
 @snapshot_app.command("delete")
@@ -870,7 +963,7 @@ def snapshot_delete(
     """Forget a snapshot (its versions are no longer protected from VACUUM)."""
     from pipelines.lake.snapshots import Snapshots
 
-    Snapshots(Catalog(_settings(env).storage)).delete(name)
+    Snapshots(Catalog.for_settings(_settings(env))).delete(name)
     out.print(f"snapshot {name} deleted")
 
 
@@ -912,7 +1005,10 @@ def maintain_cmd(
     from pipelines.lake.maintenance import maintain
 
     report = maintain(
-        Catalog(_settings(env).storage), tables, retention_hours=retention_hours, dry_run=dry_run
+        Catalog.for_settings(_settings(env)),
+        tables,
+        retention_hours=retention_hours,
+        dry_run=dry_run,
     )
     if as_json:
         print(json.dumps({"dry_run": report.dry_run, "tables": report.tables}, default=str))
@@ -1000,7 +1096,7 @@ def training_set_list(env: EnvOption = None, as_json: JsonOption = False) -> Non
     """Every training set built, newest first."""
     from pipelines.training.sets import training_sets
 
-    rows = training_sets(Catalog(_settings(env).storage))
+    rows = training_sets(Catalog.for_settings(_settings(env)))
     if as_json:
         print(json.dumps({"training_sets": rows}, default=str))
         return
@@ -1205,7 +1301,7 @@ def quality_check(env: EnvOption = None, as_json: JsonOption = False) -> None:
     from pipelines.quality.report import accounting_report
 
     settings = _settings(env)
-    report = accounting_report(Catalog(settings.storage))
+    report = accounting_report(Catalog.for_settings(settings))
     if as_json:
         print(json.dumps({"ok": report.ok, **report.__dict__}, default=str))
     else:
@@ -1237,7 +1333,7 @@ def quality_report(
     from pipelines.quality.report import latest_results
 
     settings = _settings(env)
-    report = latest_results(Catalog(settings.storage), settings, limit)
+    report = latest_results(Catalog.for_settings(settings), settings, limit)
     if as_json:
         print(json.dumps(report, default=str))
         return

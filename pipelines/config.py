@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_VAR = "LAKEHOUSE_ENV"
 CONF_DIR_VAR = "LAKEHOUSE_CONF_DIR"
@@ -33,13 +41,98 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+REMOTE_SCHEMES = ("s3://", "s3a://", "gs://", "abfss://")
+# Filesystems Spark's checkpoint manager can write to (a local path has no scheme).
+CHECKPOINT_SCHEMES = ("file:", "dbfs:", "hdfs:", "s3a:", "abfss:", "gs:")
+
+
+class S3Settings(_Model):
+    """Object storage for an ``s3://bucket/prefix`` root (delta-rs storage options, boto3).
+
+    Credentials belong in ${SECRETS} or the standard AWS environment/instance profile; they are
+    SecretStr and never logged.
+    """
+
+    endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, moto); None = AWS."
+    )
+    region: str = "us-east-1"
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    allow_http: bool = Field(default=False, description="Allow a plain-http endpoint_url.")
+
+    def delta_options(self) -> dict[str, str]:
+        """delta-rs ``storage_options`` (object_store keys); secrets are revealed only here."""
+        options = {"AWS_REGION": self.region}
+        if self.endpoint_url:
+            options["AWS_ENDPOINT_URL"] = self.endpoint_url
+        if self.allow_http:
+            options["AWS_ALLOW_HTTP"] = "true"
+        for key, secret in (
+            ("AWS_ACCESS_KEY_ID", self.access_key_id),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key),
+            ("AWS_SESSION_TOKEN", self.session_token),
+        ):
+            if secret is not None:
+                options[key] = secret.get_secret_value()
+        # Concurrent Delta commits on S3 are made safe by S3's conditional writes (no lock table).
+        options["conditional_put"] = "etag"
+        return options
+
+    def boto3_kwargs(self) -> dict[str, str]:
+        """Keyword arguments for ``boto3.client("s3", ...)``."""
+        kwargs = {"region_name": self.region}
+        if self.endpoint_url:
+            kwargs["endpoint_url"] = self.endpoint_url
+        if self.access_key_id is not None:
+            kwargs["aws_access_key_id"] = self.access_key_id.get_secret_value()
+        if self.secret_access_key is not None:
+            kwargs["aws_secret_access_key"] = self.secret_access_key.get_secret_value()
+        if self.session_token is not None:
+            kwargs["aws_session_token"] = self.session_token.get_secret_value()
+        return kwargs
+
+
 class StorageSettings(_Model):
     """Where tables, checkpoints and other artifacts live."""
 
     root: str = "./lakehouse-data"
     checkpoint_root: str | None = Field(
-        default=None, description="Defaults to <root>/_checkpoints when unset."
+        default=None,
+        description="Defaults to <root>/_checkpoints when unset; must be set (to a local or "
+        "cluster filesystem path) when root is object storage.",
     )
+    s3: S3Settings = S3Settings()
+
+    @model_validator(mode="after")
+    def _checkpoints_on_a_hadoop_filesystem(self) -> StorageSettings:
+        if self.remote and self.checkpoint_root is None:
+            raise ValueError(
+                f"storage.root {self.root} is object storage, where Spark cannot keep streaming "
+                "checkpoints; set storage.checkpoint_root to a local or cluster filesystem path "
+                "(e.g. /var/lib/lakehouse/checkpoints or dbfs:/lakehouse/checkpoints)"
+            )
+        ckpt = self.checkpoint_root or ""
+        if "://" in ckpt and not ckpt.startswith(CHECKPOINT_SCHEMES):
+            raise ValueError(
+                f"storage.checkpoint_root {ckpt} is not a Hadoop-compatible filesystem; use a "
+                f"local path or one of {', '.join(CHECKPOINT_SCHEMES)}"
+            )
+        if self.root.startswith("s3a://"):
+            raise ValueError(
+                f"storage.root {self.root}: use s3://… (delta-rs and boto3 read it; Spark "
+                "clusters map it to s3a themselves)"
+            )
+        return self
+
+    @property
+    def remote(self) -> bool:
+        return self.root.startswith(REMOTE_SCHEMES)
+
+    def delta_options(self) -> dict[str, str]:
+        """delta-rs storage options for this root ({} for local storage)."""
+        return self.s3.delta_options() if self.root.startswith("s3://") else {}
 
     @property
     def tables_root(self) -> str:
@@ -55,7 +148,7 @@ class StorageSettings(_Model):
         ckpt = self.checkpoint_root
         if ckpt is not None and "://" not in ckpt:
             ckpt = str(Path(ckpt).expanduser().resolve())
-        return StorageSettings(root=root, checkpoint_root=ckpt)
+        return StorageSettings(root=root, checkpoint_root=ckpt, s3=self.s3)
 
 
 class KafkaTopics(_Model):
@@ -153,11 +246,21 @@ class TriggerSettings(_Model):
     @field_validator("interval")
     @classmethod
     def _interval_is_duration(cls, value: str) -> str:
-        if not re.fullmatch(r"\d+(\.\d+)?\s*(ms|milliseconds?|s|seconds?|m|minutes?)", value):
-            raise ValueError(
-                f"trigger interval {value!r} is not a duration; use e.g. '5 seconds', '500ms', '1m'"
-            )
-        return value
+        return spark_interval(value)
+
+
+def spark_interval(text: str) -> str:
+    """A trigger interval in the form Spark accepts (``5s`` -> ``5 seconds``).
+
+    Raises:
+        ValueError: not a duration in ms, seconds or minutes.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|seconds?|minutes?|milliseconds?)\s*", text)
+    if not match:
+        raise ValueError(f"trigger interval {text!r} is not a duration; use e.g. 5s, 500ms, 1m")
+    value, unit = match.groups()
+    unit = {"s": "seconds", "m": "minutes", "ms": "milliseconds"}.get(unit, unit)
+    return f"{value} {unit}"
 
 
 class StreamingSettings(_Model):
@@ -220,8 +323,15 @@ class SilverSettings(_Model):
 class EngineSettings(_Model):
     """Which adapter moves data in and out of Spark (see ARCHITECTURE.md, 'Engines')."""
 
-    delta: Literal["delta-rs"] = "delta-rs"
-    kafka: Literal["python"] = "python"
+    delta: Literal["delta-rs", "delta-spark"] = Field(
+        default="delta-rs",
+        description="delta-rs (embedded, pip only) or delta-spark (cluster: needs its jars).",
+    )
+    kafka: Literal["python", "native"] = Field(
+        default="python",
+        description="python (confluent-kafka data source) or native (Spark's format('kafka'): "
+        "needs the spark-sql-kafka jars).",
+    )
 
 
 class SparkSettings(_Model):

@@ -151,7 +151,7 @@ def run_demo(
             hooks.silver_rows(done - seen_silver[0])
             seen_silver[0] = done
 
-    catalog = Catalog(settings.storage)
+    catalog = Catalog.for_settings(settings)
     validator = (
         silver_suite_validator(settings, catalog)
         if settings.quality.great_expectations.enabled

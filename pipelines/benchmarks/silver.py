@@ -141,7 +141,7 @@ def _generated_bronze(events: int, bad_fraction: float) -> pa.Table:
 
 
 def _parse_only(spark: SparkSession, settings: Settings, checkpoint: Path) -> None:
-    catalog = Catalog(settings.storage)
+    catalog = Catalog.for_settings(settings)
 
     def materialise(batch_df: DataFrame, _batch_id: int) -> None:
         parsed_events(batch_df).write.format("noop").mode("overwrite").save()

@@ -12,9 +12,10 @@ from pipelines.bronze.events_raw import bronze_events_raw
 from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import BRONZE_EVENTS_RAW
-from pipelines.streaming.delta_sink import BatchWriteStats, delta_rs_append
+from pipelines.streaming.delta_sink import BatchWriteStats
 from pipelines.streaming.kafka import check_reachable, client_config
 from pipelines.streaming.queries import await_query, start_table_stream
+from pipelines.streaming.sinks import append_handler, ensure_table
 from pipelines.streaming.sources import kafka_stream
 
 
@@ -35,14 +36,14 @@ def start_bronze(
     trigger: TriggerSettings | None = None,
 ) -> tuple[StreamingQuery, BatchWriteStats]:
     """Start the bronze query and return it without waiting (see ``run_bronze``)."""
-    catalog = Catalog(settings.storage)
+    catalog = Catalog.for_settings(settings)
     check_reachable(
         client_config(settings.kafka, bootstrap_servers), settings.kafka.consumer.metadata_timeout_s
     )
-    catalog.ensure(BRONZE_EVENTS_RAW)
+    ensure_table(spark, catalog, BRONZE_EVENTS_RAW)
     records = kafka_stream(spark, settings, bootstrap_servers, settings.kafka.topics.event_topics)
     stats = BatchWriteStats()
-    handler = delta_rs_append(
+    handler = append_handler(
         catalog, BRONZE_EVENTS_RAW, catalog.checkpoint(BRONZE_EVENTS_RAW.name), stats
     )
     query = start_table_stream(
@@ -78,7 +79,7 @@ def run_bronze(
     )
     return BronzeRun(
         stats=stats,
-        table_version=Catalog(settings.storage).delta_table(BRONZE_EVENTS_RAW.name).version(),
+        table_version=Catalog.for_settings(settings).delta_table(BRONZE_EVENTS_RAW.name).version(),
         query_id=str(query.id),
         run_id=str(query.runId),
     )

@@ -29,6 +29,12 @@ class WriteKeys:
                 "collector.write_keys is empty, so no client could write; add one, e.g. "
                 "collector.write_keys.web: ${LAKEHOUSE_WRITE_KEY_WEB}"
             )
+        empty = sorted(name for name, key in keys.items() if not key.get_secret_value())
+        if empty:
+            raise ConfigError(
+                f"collector.write_keys {', '.join(empty)} is empty; set its secret (the variable "
+                "named for it in conf/<env>.yaml) before starting the collector"
+            )
         self._keys = [(name, key.get_secret_value().encode()) for name, key in keys.items()]
 
     def match(self, presented: str | None) -> str | None:

@@ -45,14 +45,9 @@ from pipelines.lake.tables import (
     SILVER_SESSIONS,
     TableSpec,
 )
-from pipelines.streaming.delta_sink import (
-    BatchHandler,
-    DeltaAppender,
-    conform,
-    query_id_from_checkpoint,
-    upsert,
-)
+from pipelines.streaming.delta_sink import BatchHandler, conform, query_id_from_checkpoint
 from pipelines.streaming.queries import StepClock, await_query, start_table_stream
+from pipelines.streaming.sinks import ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
 
 log = logging.getLogger(__name__)
@@ -113,7 +108,7 @@ def gold_batch_handler(
 ) -> BatchHandler:
     """The ``foreachBatch`` handler of the gold query (see the module docstring)."""
     appenders = {
-        spec.name: DeltaAppender(catalog, spec)
+        spec.name: table_writer(catalog, spec)
         for target in _TARGETS.values()
         for spec in (target.current, target.history)
     }
@@ -122,7 +117,7 @@ def gold_batch_handler(
 
     def handle(batch_df: DataFrame, batch_id: int) -> None:
         if not query:
-            query.append(query_id_from_checkpoint(checkpoint))
+            query.append(query_id_from_checkpoint(checkpoint, batch_df.sparkSession))
             last_published.append(_latest_feature_ts(catalog))
         app = {name: f"{name}:{query[0]}" for name in appenders}
         if all(appenders[n].committed(app[n], batch_id) for n in appenders):
@@ -167,8 +162,8 @@ def gold_batch_handler(
         for kind, rows in candidates.items():
             target = _TARGETS[kind]
             current, past = target.current.name, target.history.name
-            upsert(appenders[current], rows, target.key, app[current], batch_id)
-            appenders[past].append(history[kind], app[past], batch_id)
+            appenders[current].upsert(rows, target.key, app[current], batch_id, spark=spark)
+            appenders[past].append(history[kind], app[past], batch_id, spark=spark)
         clock.lap("publish")
         stats.timings.append(clock.laps)
         stats.batches_published += 1
@@ -243,9 +238,9 @@ def start_gold(
     gate: GoldGate | None = None,
 ) -> tuple[StreamingQuery, GoldStats]:
     """Start the gold query and return it without waiting (see ``run_gold``)."""
-    catalog = Catalog(settings.storage)
+    catalog = Catalog.for_settings(settings)
     for spec in (SILVER_EVENTS, SILVER_SESSIONS, *_TABLES):
-        catalog.ensure(spec)
+        ensure_table(spark, catalog, spec)
     stats = GoldStats()
     handler = gold_batch_handler(
         catalog,
@@ -284,7 +279,7 @@ def run_gold(
         on_progress=(lambda q: on_progress(q, stats)) if on_progress else None,
         timeout_s=timeout_s,
     )
-    catalog = Catalog(settings.storage)
+    catalog = Catalog.for_settings(settings)
     versions = {spec.name: catalog.delta_table(spec.name).version() for spec in _TABLES}
     return GoldRun(stats, str(query.id), versions)
 

@@ -18,7 +18,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 from pyspark.sql import DataFrame, SparkSession
 
-from pipelines.config import StorageSettings
+from pipelines.config import Settings, StorageSettings
 from pipelines.lake.tables import TABLES, TableSpec, table_spec
 
 
@@ -53,10 +53,22 @@ class Catalog:
     """Resolves and manages the lake's tables under ``<storage root>/tables``."""
 
     def __init__(
-        self, storage: StorageSettings, storage_options: dict[str, str] | None = None
+        self,
+        storage: StorageSettings,
+        storage_options: dict[str, str] | None = None,
+        *,
+        engine: str = "delta-rs",
     ) -> None:
         self.storage = storage.resolved()
-        self.storage_options = storage_options or {}
+        self.storage_options = (
+            storage_options if storage_options is not None else self.storage.delta_options()
+        )
+        self.engine = engine
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Catalog:
+        """The catalog of an environment: its storage, storage options and Delta engine."""
+        return cls(settings.storage, engine=settings.engines.delta)
 
     def location(self, name: str) -> str:
         spec = table_spec(name)
@@ -140,11 +152,26 @@ class Catalog:
         ``[("event_date", "in", ["2026-11-26"])]``.
         """
         spec = table_spec(name)
+        columns = [f.name for f in spec.schema.fields]
+        if self.engine == "delta-spark":
+            # The cluster adapter: Spark's own Delta reader (jars from the cluster/Maven).
+            reader = spark.read.format("delta")
+            if version is not None:
+                reader = reader.option("versionAsOf", version)
+            frame = reader.load(self.location(name))
+            for column, op, value in partitions or []:
+                frame = frame.filter(_partition_filter(column, op, value))
+            return frame.select(*columns)
         dt = self.delta_table(name, version)
         files = dt.file_uris(file_pruning_predicate=partitions) if partitions else dt.file_uris()
-        columns = [f.name for f in spec.schema.fields]
         if not files:
             return spark.createDataFrame([], spec.schema)
+        if self.storage.remote:
+            # Spark has no s3:// filesystem without hadoop-aws (a Maven jar); the embedded
+            # engine reads object storage through delta-rs/Arrow instead. Clusters use
+            # engines.delta: delta-spark with their s3a filesystem.
+            data = self.read_arrow(name, version=version, partitions=partitions)
+            return spark.createDataFrame(data, schema=spec.schema).select(*columns)
         frame = (
             spark.read.schema(spec.schema).option("basePath", self.location(name)).parquet(*files)
         )
@@ -178,12 +205,16 @@ class Catalog:
             if spec.partition_by
             else None
         )
+        base = self.location(name)
+        if "://" in base:  # pyarrow filesystems take paths without the scheme
+            files = [f.split("://", 1)[1] for f in files]
+            base = base.split("://", 1)[1]
         dataset = ds.dataset(
             files,
             schema=schema,
             format="parquet",
             partitioning=partitioning,
-            partition_base_dir=self.location(name) if partitioning else None,
+            partition_base_dir=base if partitioning else None,
             filesystem=self._filesystem(),
         )
         return dataset.to_table(columns=columns)
@@ -192,6 +223,18 @@ class Catalog:
         root = self.storage.root
         if "://" not in root:
             return None
+        if root.startswith("s3://"):
+            s3 = self.storage.s3
+            kwargs: dict[str, Any] = {"region": s3.region}
+            if s3.endpoint_url:
+                scheme, _, host = s3.endpoint_url.partition("://")
+                kwargs.update(endpoint_override=host, scheme=scheme)
+            if s3.access_key_id is not None and s3.secret_access_key is not None:
+                kwargs["access_key"] = s3.access_key_id.get_secret_value()
+                kwargs["secret_key"] = s3.secret_access_key.get_secret_value()
+            if s3.session_token is not None:
+                kwargs["session_token"] = s3.session_token.get_secret_value()
+            return pafs.S3FileSystem(**kwargs)
         filesystem, _ = pafs.FileSystem.from_uri(root)
         return filesystem
 
@@ -203,3 +246,24 @@ class Catalog:
                 self.read(spark, name).createOrReplaceTempView(spec.view_name)
                 registered[name] = spec.view_name
         return registered
+
+
+def _partition_filter(column: str, op: str, value: Any) -> Any:
+    """A delta-rs partition filter tuple as a Spark Column."""
+    from pyspark.sql import functions as F
+
+    col = F.col(column)
+    if op in ("in", "not in"):
+        values = list(value)
+        return col.isin(values) if op == "in" else ~col.isin(values)
+    ops = {
+        "=": col == value,
+        "!=": col != value,
+        "<": col < value,
+        "<=": col <= value,
+        ">": col > value,
+        ">=": col >= value,
+    }
+    if op not in ops:
+        raise ValueError(f"unsupported partition filter operator {op!r}")
+    return ops[op]

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 from deltalake.fs import DeltaStorageHandler
 from pyarrow.fs import FileType
 
@@ -122,12 +123,18 @@ def _maintain_table(
     compaction = None if dry_run else _compact(table)
 
     def vacuum(dry: bool) -> list[str]:
-        files = table.vacuum(
-            retention_hours=hours,
-            dry_run=dry,
-            enforce_retention_duration=enforce_retention,
-            keep_versions=pinned or None,
-        )
+        try:
+            files = table.vacuum(
+                retention_hours=hours,
+                dry_run=dry,
+                enforce_retention_duration=enforce_retention,
+                keep_versions=pinned or None,
+            )
+        except DeltaError as error:
+            raise MaintenanceError(
+                f"vacuum of {name} refused: {error}; use a retention of at least the table's "
+                "delta.deletedFileRetentionDuration (default 168 hours)"
+            ) from None
         return [_relative(f, roots) for f in files]
 
     candidates = vacuum(dry=True)

@@ -45,7 +45,7 @@ def check_drift(
     retrain_on_drift: bool = False,
 ) -> DriftReport:
     """Compare, record, and optionally retrain (see the module docstring)."""
-    catalog = Catalog(settings.storage)
+    catalog = Catalog.for_settings(settings)
     reference_snapshot = snapshot or _champion_snapshot(settings)
     pinned = Snapshots(catalog).get(reference_snapshot)
     table = GOLD_USER_FEATURES.name

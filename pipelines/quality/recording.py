@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,17 +15,26 @@ from pyspark.sql import DataFrame
 
 from pipelines.config import Settings
 from pipelines.lake.catalog import Catalog
+from pipelines.lake.objects import ObjectStore
 from pipelines.lake.tables import QUALITY_SUITE_RESULTS
-from pipelines.quality.suites import SuiteResult, SuiteRunner
-from pipelines.streaming.delta_sink import DeltaAppender
+from pipelines.quality.suites import DATA_DOCS_DIR, SuiteResult, SuiteRunner
+from pipelines.streaming.sinks import table_writer
+
+GX_KEY = "quality/gx"
 
 
 def gx_project_dir(settings: Settings) -> Path:
-    """Where the GX project and its Data Docs live: ``<storage root>/quality/gx``."""
-    root = settings.storage.resolved().root
-    if "://" in root:
-        raise ValueError("Great Expectations Data Docs need a local storage root")
-    return Path(root) / "quality" / "gx"
+    """Where the GX project and its Data Docs are built: ``<storage root>/quality/gx``.
+
+    GX writes through the local filesystem, so with object storage the project lives in a local
+    working folder (keyed by the root) and its Data Docs are published to
+    ``<storage root>/quality/gx/data_docs`` after each validation.
+    """
+    storage = settings.storage.resolved()
+    if not storage.remote:
+        return Path(storage.root) / GX_KEY
+    digest = hashlib.sha1(storage.root.encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "lakehouse-gx" / digest
 
 
 class SuiteRecorder:
@@ -30,8 +42,11 @@ class SuiteRecorder:
 
     def __init__(self, settings: Settings, catalog: Catalog) -> None:
         gx = settings.quality.great_expectations
-        self.runner = SuiteRunner(gx_project_dir(settings), data_docs=gx.data_docs)
-        self.appender = DeltaAppender(catalog, QUALITY_SUITE_RESULTS)
+        self.project_dir = gx_project_dir(settings)
+        self.runner = SuiteRunner(self.project_dir, data_docs=gx.data_docs)
+        self.appender = table_writer(catalog, QUALITY_SUITE_RESULTS)
+        self.objects = ObjectStore(settings.storage) if settings.storage.remote else None
+        self._published: dict[str, float] = {}
 
     def validate(
         self,
@@ -46,6 +61,8 @@ class SuiteRecorder:
         on ``frame`` and append the result row, keyed by (query of ``load_id``, batch id)."""
         self.runner.register(table, expectations)
         result = self.runner.validate(frame, table, f"batch {batch_id}")
+        if self.objects is not None and result.data_docs_index:
+            result = self._publish(result)
         row = {
             "table": table,
             "suite": result.suite,
@@ -61,5 +78,19 @@ class SuiteRecorder:
         }
         data = pa.Table.from_pylist([row], schema=QUALITY_SUITE_RESULTS.arrow_schema)
         query_id = load_id.split(":", maxsplit=1)[0]
-        self.appender.append(data, f"{QUALITY_SUITE_RESULTS.name}:{table}:{query_id}", batch_id)
+        self.appender.append(
+            data,
+            f"{QUALITY_SUITE_RESULTS.name}:{table}:{query_id}",
+            batch_id,
+            spark=frame.sparkSession,
+        )
         return result
+
+    def _publish(self, result: SuiteResult) -> SuiteResult:
+        """Copy new Data Docs pages to object storage; the result points at the published index."""
+        assert self.objects is not None and result.data_docs_index is not None
+        docs = self.project_dir / DATA_DOCS_DIR
+        key = f"{GX_KEY}/{DATA_DOCS_DIR}"
+        self.objects.put_tree(docs, key, since=self._published)
+        relative = Path(result.data_docs_index).resolve().relative_to(docs.resolve()).as_posix()
+        return dataclasses.replace(result, data_docs_index=self.objects.uri(f"{key}/{relative}"))

@@ -47,13 +47,9 @@ from pipelines.silver.events import (
     parsed_events,
     split_batch,
 )
-from pipelines.streaming.delta_sink import (
-    BatchHandler,
-    DeltaAppender,
-    conform,
-    query_id_from_checkpoint,
-)
+from pipelines.streaming.delta_sink import BatchHandler, conform, query_id_from_checkpoint
 from pipelines.streaming.queries import StepClock, await_query, start_table_stream
+from pipelines.streaming.sinks import ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
 
 log = logging.getLogger(__name__)
@@ -99,7 +95,7 @@ def silver_batch_handler(
 ) -> BatchHandler:
     """The ``foreachBatch`` handler of the silver query (see the module docstring)."""
     appenders = {
-        spec.name: DeltaAppender(catalog, spec)
+        spec.name: table_writer(catalog, spec)
         for spec in (SILVER_QUARANTINE, SILVER_EVENTS, QUALITY_BATCH_RESULTS)
     }
     query: list[str] = []
@@ -109,7 +105,7 @@ def silver_batch_handler(
 
     def handle(batch_df: DataFrame, batch_id: int) -> None:
         if not query:
-            query.append(query_id_from_checkpoint(checkpoint))
+            query.append(query_id_from_checkpoint(checkpoint, batch_df.sparkSession))
         if all(appenders[s.name].committed(app_id(s), batch_id) for s in _WRITES):
             stats.batches_skipped += 1
             log.warning("silver: batch %s already committed; skipping replay", batch_id)
@@ -138,7 +134,11 @@ def silver_batch_handler(
             (QUALITY_BATCH_RESULTS, results),
         ):
             appenders[spec.name].append(
-                data, app_id(spec), batch_id, {"lakehouse.load_id": load_id}
+                data,
+                app_id(spec),
+                batch_id,
+                {"lakehouse.load_id": load_id},
+                spark=batch_df.sparkSession,
             )
         clock.lap("delta_writes")
         stats.batches_written += 1
@@ -166,11 +166,11 @@ def start_silver(
     rule_set: RuleSet | None = None,
 ) -> tuple[StreamingQuery, SilverStats]:
     """Start the silver query and return it without waiting (see ``run_silver``)."""
-    catalog = Catalog(settings.storage)
+    catalog = Catalog.for_settings(settings)
     rules = rule_set or load_rule_set(SILVER_EVENTS.name, settings.rules_dir, settings.quality)
     gate = Gate(rules)
     for spec in (BRONZE_EVENTS_RAW, *_WRITES):
-        catalog.ensure(spec)
+        ensure_table(spark, catalog, spec)
     stats = SilverStats()
     handler = silver_batch_handler(
         catalog,
@@ -220,7 +220,7 @@ def run_silver(
         on_progress=(lambda q: on_progress(q, stats)) if on_progress else None,
         timeout_s=timeout_s,
     )
-    catalog = Catalog(settings.storage)
+    catalog = Catalog.for_settings(settings)
     return SilverRun(
         stats=stats,
         query_id=str(query.id),

@@ -29,13 +29,9 @@ from pipelines.config import Settings, TriggerSettings, parse_duration
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import SILVER_EVENTS, SILVER_SESSIONS
 from pipelines.silver.sessions import recompute_windows, session_changes, sessions
-from pipelines.streaming.delta_sink import (
-    BatchHandler,
-    DeltaAppender,
-    query_id_from_checkpoint,
-    upsert,
-)
+from pipelines.streaming.delta_sink import BatchHandler, query_id_from_checkpoint
 from pipelines.streaming.queries import await_query, start_table_stream
+from pipelines.streaming.sinks import ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
 
 log = logging.getLogger(__name__)
@@ -73,13 +69,13 @@ def sessions_batch_handler(
     catalog: Catalog, checkpoint: str, gap_s: float, stats: SessionStats
 ) -> BatchHandler:
     """The ``foreachBatch`` handler of the sessions query (see the module docstring)."""
-    appender = DeltaAppender(catalog, SILVER_SESSIONS)
+    appender = table_writer(catalog, SILVER_SESSIONS)
     query: list[str] = []
     gap = parse_duration(f"{gap_s} seconds")
 
     def handle(batch_df: DataFrame, batch_id: int) -> None:
         if not query:
-            query.append(query_id_from_checkpoint(checkpoint))
+            query.append(query_id_from_checkpoint(checkpoint, batch_df.sparkSession))
         app_id = f"{SILVER_SESSIONS.name}:{query[0]}"
         if appender.committed(app_id, batch_id):
             stats.batches_skipped += 1
@@ -107,7 +103,7 @@ def sessions_batch_handler(
             changes = pa.table(session_changes(recomputed, existing_in_window).toArrow())
         finally:
             windows.unpersist()
-        upsert(appender, changes, "session_id", app_id, batch_id, delete_flag="_delete")
+        appender.upsert(changes, "session_id", app_id, batch_id, delete_flag="_delete", spark=spark)
         deletes = int(pc.sum(changes.column("_delete").cast(pa.int64())).as_py() or 0)
         stats.batches_written += 1
         stats.events_read += batch_df.count()
@@ -126,9 +122,9 @@ def run_sessions(
     timeout_s: float | None = None,
 ) -> SessionsRun:
     """Run the sessions query over the silver change feed."""
-    catalog = Catalog(settings.storage)
-    catalog.ensure(SILVER_EVENTS)
-    catalog.ensure(SILVER_SESSIONS)
+    catalog = Catalog.for_settings(settings)
+    ensure_table(spark, catalog, SILVER_EVENTS)
+    ensure_table(spark, catalog, SILVER_SESSIONS)
     stats = SessionStats()
     checkpoint = catalog.checkpoint(SILVER_SESSIONS.name)
     handler = sessions_batch_handler(

@@ -1,4 +1,5 @@
-"""Delta sink on delta-rs: one idempotent commit per micro-batch, from ``foreachBatch``.
+"""Delta sink on delta-rs (the default adapter of the sink port, ``pipelines.streaming.sinks``):
+one idempotent commit per micro-batch, from ``foreachBatch``.
 
 Each commit carries a Delta app transaction ``(app id, batch id)``. The app id is the streaming
 query's id, read from the checkpoint's ``metadata`` file, so it is stable across restarts of the
@@ -19,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import TableSpec
@@ -74,9 +75,18 @@ class DeltaAppender:
         return done is not None and done >= batch_id
 
     def append(
-        self, data: pa.Table, app_id: str, batch_id: int, metadata: dict[str, str] | None = None
+        self,
+        data: pa.Table,
+        app_id: str,
+        batch_id: int,
+        metadata: dict[str, str] | None = None,
+        *,
+        spark: SparkSession | None = None,
     ) -> AppendResult:
-        """Append ``data`` (conformed to the table's schema) unless this batch already landed."""
+        """Append ``data`` (conformed to the table's schema) unless this batch already landed.
+
+        ``spark`` is part of the sink port's signature; delta-rs writes without Spark.
+        """
         started = time.perf_counter()
         table = self.table
         if self.committed(app_id, batch_id):
@@ -106,6 +116,19 @@ class DeltaAppender:
             )
             table.update_incremental()
         return AppendResult(False, data.num_rows, table.version(), time.perf_counter() - started)
+
+    def upsert(
+        self,
+        data: pa.Table,
+        key: str,
+        app_id: str,
+        batch_id: int,
+        *,
+        delete_flag: str | None = None,
+        spark: SparkSession | None = None,
+    ) -> int:
+        """MERGE ``data`` on ``key`` in one idempotent commit (see ``upsert``)."""
+        return upsert(self, data, key, app_id, batch_id, delete_flag=delete_flag)
 
 
 def upsert(
@@ -220,11 +243,23 @@ def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
     return data.select(schema.names).cast(schema)
 
 
-def query_id_from_checkpoint(checkpoint: str) -> str:
-    """The streaming query id Spark stores in ``<checkpoint>/metadata`` (``{"id": "…"}``)."""
-    fs, path = pafs.FileSystem.from_uri(
-        checkpoint if "://" in checkpoint else f"file://{checkpoint}"
-    )
-    with fs.open_input_stream(f"{path.rstrip('/')}/metadata") as stream:
-        first_line = stream.read().decode().splitlines()[0]
+def query_id_from_checkpoint(checkpoint: str, spark: SparkSession | None = None) -> str:
+    """The streaming query id Spark stores in ``<checkpoint>/metadata`` (``{"id": "…"}``).
+
+    Read with pyarrow; a checkpoint on a filesystem only Spark's Hadoop layer knows (``dbfs:``,
+    ``abfss:`` …) is read through ``spark`` when one is given.
+    """
+    try:
+        fs, path = pafs.FileSystem.from_uri(
+            checkpoint if "://" in checkpoint else f"file://{checkpoint}"
+        )
+        with fs.open_input_stream(f"{path.rstrip('/')}/metadata") as stream:
+            first_line = stream.read().decode().splitlines()[0]
+    except (pa.ArrowException, OSError):
+        if spark is None:
+            raise
+        row = spark.read.text(f"{checkpoint.rstrip('/')}/metadata").first()
+        if row is None:
+            raise ValueError(f"checkpoint {checkpoint} has an empty metadata file") from None
+        first_line = str(row[0])
     return str(json.loads(first_line)["id"])

@@ -1,8 +1,19 @@
-"""Streaming sources behind one interface per port, chosen by ``engines`` in config."""
+"""The source ports: one function per port, the adapter chosen by ``engines`` in config.
+
+* ``kafka_stream``: the ``lakehouse-kafka`` Python data source (``engines.kafka: python``, the
+  default) or Spark's ``format("kafka")`` (``native``).
+* ``delta_stream``: the ``lakehouse-delta`` Python data source over the change data feed
+  (``engines.delta: delta-rs``, the default) or ``format("delta")`` with ``readChangeFeed``
+  (``delta-spark``).
+
+Both adapters of a port yield the same columns and types and share one contract test suite
+(``tests/streaming/test_ports.py``).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -10,8 +21,12 @@ from pipelines.config import Settings
 from pipelines.lake.catalog import Catalog
 from pipelines.streaming.delta_source import FORMAT as DELTA_FORMAT
 from pipelines.streaming.delta_source import DeltaChangeFeedSource
+from pipelines.streaming.delta_spark import delta_spark_change_feed
 from pipelines.streaming.kafka import client_config
+from pipelines.streaming.kafka_native import native_kafka_stream
 from pipelines.streaming.kafka_source import FORMAT, KafkaSource
+
+log = logging.getLogger(__name__)
 
 
 def register_sources(spark: SparkSession) -> None:
@@ -26,12 +41,37 @@ def delta_stream(
     table: str,
     max_rows_per_trigger: int | None = None,
     starting_version: str = "earliest",
+    *,
+    max_files_per_trigger: int | None = None,
+    max_bytes_per_trigger: str | None = None,
 ) -> DataFrame:
-    """A table's change data feed as a streaming DataFrame (offsets are table versions).
+    """A table's change data feed as a streaming DataFrame, through ``catalog.engine``'s adapter.
 
     Rows carry the table's columns plus ``_change_type``, ``_commit_version`` and
-    ``_commit_timestamp``.
+    ``_commit_timestamp``: inserts and update post-images, each commit read as its own changes.
+    Offsets (table versions) live in the query's checkpoint.
+
+    Args:
+        max_rows_per_trigger: caps a micro-batch by rows added (whole versions); delta-rs only.
+        starting_version: ``earliest`` (version 0), ``latest`` or a version number.
+        max_files_per_trigger, max_bytes_per_trigger: Delta's own caps; delta-spark only
+            (its default is 1000 files per micro-batch).
     """
+    if catalog.engine == "delta-spark":
+        if max_rows_per_trigger:
+            log.info(
+                "%s: delta-spark caps micro-batches by files/bytes, not rows; "
+                "max_rows_per_trigger=%s does not apply",
+                table,
+                max_rows_per_trigger,
+            )
+        return delta_spark_change_feed(
+            spark,
+            catalog.location(table),
+            starting_version=starting_version,
+            max_files_per_trigger=max_files_per_trigger,
+            max_bytes_per_trigger=max_bytes_per_trigger,
+        )
     register_sources(spark)
     reader = (
         spark.readStream.format(DELTA_FORMAT)
@@ -51,7 +91,16 @@ def kafka_stream(
     topics: list[str],
     starting_offsets: str | None = None,
 ) -> DataFrame:
-    """Kafka records as a streaming DataFrame: key, value, topic, partition, offset, timestamp."""
+    """Kafka records as a streaming DataFrame, through ``settings.engines.kafka``'s adapter.
+
+    Columns (``KAFKA_SOURCE_SCHEMA``): key, value (UTF-8 strings), topic, partition, offset,
+    timestamp. Offsets per partition live in the query's checkpoint; nothing is committed to
+    Kafka.
+    """
+    if settings.engines.kafka == "native":
+        return native_kafka_stream(
+            spark, settings.kafka, bootstrap_servers, topics, starting_offsets
+        )
     consumer = settings.kafka.consumer
     register_sources(spark)
     reader = (

@@ -27,7 +27,7 @@ _ACTIVITY = ("page_view_count_7d", "click_count_7d", "add_to_cart_count_7d", "pu
 
 def write_recommendations(spark: SparkSession, settings: Settings, k: int) -> dict[str, Any]:
     """Score every active user with the champion and replace ``gold.recommendations``."""
-    catalog = Catalog(settings.storage)
+    catalog = Catalog.for_settings(settings)
     model, version = champion_model(settings)
     activity = sum((F.col(c) for c in _ACTIVITY), F.lit(0))
     active = [

@@ -76,7 +76,7 @@ def build_training_set(
         SnapshotError: unknown snapshot, or one that does not pin the tables a training set needs.
         LeakageError: a feature timestamp is not strictly before its label's.
     """
-    catalog = Catalog(settings.storage)
+    catalog = Catalog.for_settings(settings)
     pinned = Snapshots(catalog).get(snapshot)
     missing = [t for t in REQUIRED_TABLES if t not in pinned.versions]
     if missing:

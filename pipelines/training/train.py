@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -79,6 +80,18 @@ def configure_mlflow(settings: Settings) -> MlflowClient:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if settings.storage.root.startswith("s3://"):
+        # MLflow's S3 artifact repository is boto3 configured through the environment.
+        s3 = settings.storage.s3
+        for name, value in (
+            ("MLFLOW_S3_ENDPOINT_URL", s3.endpoint_url),
+            ("AWS_DEFAULT_REGION", s3.region),
+            ("AWS_ACCESS_KEY_ID", s3.access_key_id),
+            ("AWS_SECRET_ACCESS_KEY", s3.secret_access_key),
+            ("AWS_SESSION_TOKEN", s3.session_token),
+        ):
+            if value is not None:
+                os.environ[name] = value if isinstance(value, str) else value.get_secret_value()
     if mlflow.get_experiment_by_name(settings.mlflow.experiment) is None:
         mlflow.create_experiment(
             settings.mlflow.experiment,
@@ -116,7 +129,7 @@ def interactions(
 def train(spark: SparkSession, settings: Settings, *, snapshot: str, seed: int = 42) -> TrainingRun:
     """Train, evaluate, log and (maybe) promote; see the module docstring."""
     conf = settings.mlflow
-    catalog = Catalog(settings.storage)
+    catalog = Catalog.for_settings(settings)
     pinned = Snapshots(catalog).get(snapshot)
     training_set = build_training_set(
         spark, settings, snapshot=snapshot, label_event="purchase", horizon="24h", seed=seed

@@ -74,8 +74,13 @@ def read_topic(
                 continue
             key = msg.key()
             out.append((key.decode() if key is not None else None, msg.value()))
-            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                ends.pop(msg.partition(), None)
+            partition, offset = msg.partition(), msg.offset()
+            if (
+                partition is not None
+                and offset is not None
+                and offset + 1 >= ends.get(partition, 0)
+            ):
+                ends.pop(partition, None)
         assert not ends, f"timed out reading {topic}: partitions {sorted(ends)} not drained"
         return out
     finally:

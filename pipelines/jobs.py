@@ -1,0 +1,535 @@
+"""Entry points of the scheduled jobs: one function per job, plain parameters in, JSON out.
+
+A Databricks notebook task, a wheel task (``python -m pipelines.jobs bronze --env prod``) and the
+local notebook runner all call these functions. Parameters arrive as widget or command-line
+strings, so every function accepts strings as well as typed values and converts them here, once;
+an empty string means "not set". Each function loads the environment's settings and its Spark
+session itself, runs the same ``pipelines`` functions the CLI runs, and returns a small
+JSON-serialisable summary (the notebook's exit value, the wheel task's last line of output).
+
+Settings and Spark come from a ``JobRuntime``: by default ``conf/<env>.yaml`` and
+``pipelines.spark.build_spark`` (which returns the cluster's session on Databricks). The local
+notebook runner and tests swap it with ``job_runtime(...)`` to point storage at a temporary
+folder or reuse a SparkSession.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pipelines.config import ConfigError, Settings, TriggerSettings, load_settings, parse_duration
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+Summary = dict[str, Any]
+TRIGGERS = ("available-now", "processing-time", "config")
+
+
+def _build_spark(settings: Settings) -> SparkSession:
+    from pipelines.spark import build_spark
+
+    return build_spark(settings)
+
+
+def _load_settings(env: str) -> Settings:
+    return load_settings(env)
+
+
+@dataclass(frozen=True)
+class JobRuntime:
+    """Where jobs get their settings and SparkSession (injected so they can run anywhere)."""
+
+    load_settings: Callable[[str], Settings] = _load_settings
+    spark: Callable[[Settings], SparkSession] = _build_spark
+
+
+_DEFAULT_RUNTIME = JobRuntime()
+_RUNTIME: ContextVar[JobRuntime | None] = ContextVar("pipelines_job_runtime", default=None)
+
+
+@contextmanager
+def job_runtime(runtime: JobRuntime) -> Iterator[JobRuntime]:
+    """Run jobs with ``runtime``'s settings and Spark inside the ``with`` block."""
+    token = _RUNTIME.set(runtime)
+    try:
+        yield runtime
+    finally:
+        _RUNTIME.reset(token)
+
+
+def settings_for(env: str) -> Settings:
+    """The settings jobs use for ``env`` (notebooks call this rather than ``load_settings`` so
+    the local runner's overrides apply to them too)."""
+    return _runtime().load_settings(_text("env", env))
+
+
+class AccountingBrokenError(RuntimeError):
+    """The silver accounting does not add up: some input rows are not accounted for."""
+
+
+# -- streaming jobs ----------------------------------------------------------------------------
+def bronze(
+    env: str,
+    trigger: str = "available-now",
+    interval: str | None = None,
+    timeout: float | str | None = None,
+) -> Summary:
+    """Kafka -> ``bronze.events_raw``.
+
+    Args:
+        trigger: ``available-now`` (drain what Kafka holds, then stop: scheduled runs),
+            ``processing-time`` (run continuously every ``interval``) or ``config`` (the
+            environment's ``streaming.trigger``).
+        interval: processing-time interval, e.g. ``30s`` (default: the environment's).
+        timeout: stop a continuous run after this many seconds (default: run until stopped).
+    """
+    from pipelines.bronze.job import run_bronze
+    from pipelines.streaming.kafka import resolve_bootstrap
+
+    started = time.perf_counter()
+    settings = settings_for(env)
+    chosen, timeout_s = _trigger(settings, trigger, interval), _number("timeout", timeout)
+    servers = resolve_bootstrap(settings)
+    run = run_bronze(_spark(settings), settings, servers, trigger=chosen, timeout_s=timeout_s)
+    return _summary(
+        "bronze",
+        settings,
+        started,
+        trigger=chosen.mode,
+        table="bronze.events_raw",
+        rows_written=run.stats.rows_written,
+        batches_written=run.stats.batches_written,
+        replayed_batches_skipped=run.stats.batches_skipped,
+        table_version=run.table_version,
+        query_id=run.query_id,
+    )
+
+
+def silver(
+    env: str,
+    trigger: str = "available-now",
+    interval: str | None = None,
+    timeout: float | str | None = None,
+) -> Summary:
+    """``bronze.events_raw`` -> gate -> ``silver.events`` + ``silver.quarantine``, validated by
+    the Great Expectations suite when ``quality.great_expectations.enabled``."""
+    from pipelines.demo import silver_summary
+    from pipelines.lake.catalog import Catalog
+    from pipelines.silver.job import run_silver, silver_suite_validator
+
+    started = time.perf_counter()
+    settings = settings_for(env)
+    chosen, timeout_s = _trigger(settings, trigger, interval), _number("timeout", timeout)
+    gx = settings.quality.great_expectations.enabled
+    validator = silver_suite_validator(settings, Catalog.for_settings(settings)) if gx else None
+    run = run_silver(
+        _spark(settings), settings, trigger=chosen, validator=validator, timeout_s=timeout_s
+    )
+    return _summary(
+        "silver",
+        settings,
+        started,
+        trigger=chosen.mode,
+        great_expectations=gx,
+        **silver_summary(run.stats),
+        silver_version=run.silver_version,
+        quarantine_version=run.quarantine_version,
+        query_id=run.query_id,
+    )
+
+
+def sessions(
+    env: str,
+    trigger: str = "available-now",
+    interval: str | None = None,
+    timeout: float | str | None = None,
+) -> Summary:
+    """New ``silver.events`` -> ``silver.sessions`` (affected users recomputed, MERGEd)."""
+    from pipelines.silver.sessions_job import run_sessions
+
+    started = time.perf_counter()
+    settings = settings_for(env)
+    chosen, timeout_s = _trigger(settings, trigger, interval), _number("timeout", timeout)
+    run = run_sessions(_spark(settings), settings, trigger=chosen, timeout_s=timeout_s)
+    return _summary(
+        "sessions",
+        settings,
+        started,
+        trigger=chosen.mode,
+        **asdict(run.stats),
+        table_version=run.table_version,
+        query_id=run.query_id,
+    )
+
+
+def gold(
+    env: str,
+    trigger: str = "available-now",
+    interval: str | None = None,
+    timeout: float | str | None = None,
+) -> Summary:
+    """New ``silver.events`` -> ``gold.user_features`` / ``gold.item_features`` (+ history),
+    each batch gated by the gold suites when ``quality.great_expectations.enabled``."""
+    from pipelines.gold.job import gold_suite_gate, run_gold
+    from pipelines.lake.catalog import Catalog
+
+    started = time.perf_counter()
+    settings = settings_for(env)
+    chosen, timeout_s = _trigger(settings, trigger, interval), _number("timeout", timeout)
+    gx = settings.quality.great_expectations.enabled
+    gate = gold_suite_gate(settings, Catalog.for_settings(settings)) if gx else None
+    run = run_gold(_spark(settings), settings, trigger=chosen, gate=gate, timeout_s=timeout_s)
+    stats = run.stats
+    return _summary(
+        "gold",
+        settings,
+        started,
+        trigger=chosen.mode,
+        great_expectations=gx,
+        batches_published=stats.batches_published,
+        batches_rejected=stats.batches_rejected,
+        users_published=stats.users_published,
+        items_published=stats.items_published,
+        latest_feature_ts=max(stats.feature_ts).isoformat() if stats.feature_ts else None,
+        rejections=stats.rejections,
+        versions=run.versions,
+        query_id=run.query_id,
+    )
+
+
+# -- batch jobs --------------------------------------------------------------------------------
+def quality_report(env: str, limit: int | str = 10, fail_on_broken: bool | str = True) -> Summary:
+    """The silver accounting check and the latest batch and suite results.
+
+    Raises:
+        AccountingBrokenError: with ``fail_on_broken``, when a batch's input rows are not all
+            in silver, the quarantine or the duplicates (so the scheduled run fails and alerts).
+    """
+    from pipelines.lake.catalog import Catalog
+    from pipelines.quality.report import accounting_report, latest_results
+
+    started = time.perf_counter()
+    settings = settings_for(env)
+    top, fail = _integer("limit", limit), _flag("fail_on_broken", fail_on_broken)
+    catalog = Catalog.for_settings(settings)
+    accounting = accounting_report(catalog)
+    latest = latest_results(catalog, settings, top)
+    broken = [b["batch_id"] for b in accounting.broken_batches]
+    if fail and not accounting.ok:
+        raise AccountingBrokenError(
+            f"silver accounting is broken in env {settings.env}: batches {broken or 'none'}, "
+            f"table mismatches {accounting.mismatches or 'none'}; see the details with "
+            f"`lakehouse quality check --env {settings.env}`"
+        )
+    suites = latest["suites"]
+    return _summary(
+        "quality_report",
+        settings,
+        started,
+        accounting={
+            "ok": accounting.ok,
+            "batches": accounting.batches,
+            "totals": accounting.totals,
+            "table_rows": accounting.table_rows,
+            "broken_batches": broken,
+            "mismatches": accounting.mismatches,
+        },
+        latest_batches=[
+            {
+                "batch_id": row["batch_id"],
+                "input_rows": row["input_rows"],
+                "written_rows": row["written_rows"],
+                "quarantined_rows": row["quarantined_rows"],
+                "invariant_holds": row["invariant_holds"],
+                "processed_at": _iso(row["processed_at"]),
+            }
+            for row in latest["batches"]
+        ],
+        suites_checked=len(suites),
+        suites_failed=[
+            {"suite": r["suite"], "batch": r["batch_label"], "failed": list(r["failed"])}
+            for r in suites
+            if not r["success"]
+        ],
+        data_docs=latest["data_docs"],
+    )
+
+
+def train(env: str, snapshot: str | None = None, seed: int | str = 42) -> Summary:
+    """Retrain the recommender from ``snapshot``; without one, first pin a fresh dated snapshot
+    of silver and gold (``train-<UTC time>``), as the nightly run does."""
+    from pipelines.training.train import train as train_model
+
+    started = time.perf_counter()
+    settings = settings_for(env)
+    name, seed_value = _optional("snapshot", snapshot), _integer("seed", seed)
+    spark = _spark(settings)
+    created = name is None
+    if name is None:
+        name = _create_snapshot(spark, settings, f"train-{datetime.now(tz=UTC):%Y%m%dT%H%M%S}")
+    run = train_model(spark, settings, snapshot=name, seed=seed_value)
+    return _summary("train", settings, started, snapshot_created=created, **asdict(run))
+
+
+def drift(env: str, snapshot: str | None = None, retrain_on_drift: bool | str = False) -> Summary:
+    """PSI of ``gold.user_features`` now vs. ``snapshot`` (default: the champion's), recorded in
+    ``quality.drift_results``; with ``retrain_on_drift`` a drifted feature triggers retraining.
+
+    Raises:
+        LookupError: no snapshot was given and there is no champion model yet (train first).
+    """
+    from pipelines.monitoring.drift_job import check_drift
+
+    started = time.perf_counter()
+    settings = settings_for(env)
+    reference = _optional("snapshot", snapshot)
+    retrain = _flag("retrain_on_drift", retrain_on_drift)
+    report = check_drift(_spark(settings), settings, snapshot=reference, retrain_on_drift=retrain)
+    return _summary(
+        "drift",
+        settings,
+        started,
+        reference_snapshot=report.reference_snapshot,
+        reference_version=report.reference_version,
+        current_version=report.current_version,
+        drifted=report.drifted,
+        features={f.feature: {"psi": f.psi, "status": f.status} for f in report.features},
+        retrained=report.retrained,
+    )
+
+
+def maintain(env: str, retention_hours: float | str = 168, dry_run: bool | str = False) -> Summary:
+    """OPTIMIZE and VACUUM every table, keeping every file a named snapshot pins."""
+    from pipelines.lake.catalog import Catalog
+    from pipelines.lake.maintenance import maintain as maintain_tables
+
+    started = time.perf_counter()
+    settings = settings_for(env)
+    hours, dry = _number("retention_hours", retention_hours), _flag("dry_run", dry_run)
+    report = maintain_tables(
+        Catalog.for_settings(settings),
+        retention_hours=168 if hours is None else hours,
+        dry_run=dry,
+    )
+    tables = [
+        {
+            "table": row["table"],
+            "version_before": row.get("version_before"),
+            "version_after": row.get("version_after"),
+            "files_compacted": (row.get("compaction") or {}).get("files_removed", 0),
+            "files_vacuumed": row.get("vacuumed", 0),
+            "bytes_freed": row.get("bytes_freed", 0),
+            "pinned_versions": sorted(row.get("pinned_versions") or []),
+        }
+        for row in report.tables
+        if row.get("exists")
+    ]
+    return _summary("maintain", settings, started, dry_run=report.dry_run, tables=tables)
+
+
+def batch_recommendations(env: str, k: int | str = 10) -> Summary:
+    """Replace ``gold.recommendations`` with the champion's top-k for every active user."""
+    from pipelines.training.recommendations import write_recommendations
+
+    started = time.perf_counter()
+    settings = settings_for(env)
+    top = _integer("k", k)
+    written = write_recommendations(_spark(settings), settings, top)
+    return _summary("batch_recommendations", settings, started, **written)
+
+
+JOBS: dict[str, Callable[..., Summary]] = {
+    "bronze": bronze,
+    "silver": silver,
+    "sessions": sessions,
+    "gold": gold,
+    "quality_report": quality_report,
+    "train": train,
+    "drift": drift,
+    "maintain": maintain,
+    "batch_recommendations": batch_recommendations,
+}
+
+
+# -- command line (python_wheel_task / python -m pipelines.jobs) --------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pipelines.jobs <job> --env prod [--param value ...]``: run one job and print
+    its summary as one JSON line; a known failure prints one ``error:`` line and returns 1."""
+    parser = _parser()
+    args = vars(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
+    job = JOBS[args.pop("job")]
+    given = {name: value for name, value in args.items() if value is not None}
+    try:
+        summary = job(**given)
+    except _user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Failures whose message says what to fix: one line, not a traceback."""
+    from pipelines.contracts import ContractError
+    from pipelines.lake.maintenance import MaintenanceError
+    from pipelines.quality.expectations import QualityConfigError
+    from pipelines.streaming.kafka import KafkaUnavailableError
+    from pipelines.streaming.kafka_source import KafkaSourceError
+    from pipelines.streaming.queries import StreamingJobError
+    from pipelines.training.point_in_time import LeakageError
+
+    return (
+        ConfigError,
+        LookupError,  # unknown snapshot, table not written yet, no champion model
+        QualityConfigError,
+        ContractError,
+        MaintenanceError,
+        LeakageError,
+        KafkaUnavailableError,
+        KafkaSourceError,
+        StreamingJobError,
+        AccountingBrokenError,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.jobs", description="Run one scheduled lakehouse job."
+    )
+    jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
+    for name, function in JOBS.items():
+        doc = (inspect.getdoc(function) or "").split("\n\n")[0]
+        sub = jobs.add_parser(name, help=doc, description=doc)
+        for param in inspect.signature(function).parameters.values():
+            required = param.default is inspect.Parameter.empty
+            sub.add_argument(
+                f"--{param.name.replace('_', '-')}",
+                dest=param.name,
+                required=required,
+                default=None,
+                help="required" if required else f"default: {param.default}",
+            )
+    return parser
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _spark(settings: Settings) -> SparkSession:
+    return _runtime().spark(settings)
+
+
+def _runtime() -> JobRuntime:
+    return _RUNTIME.get() or _DEFAULT_RUNTIME
+
+
+def _summary(job: str, settings: Settings, started: float, **fields: Any) -> Summary:
+    summary: Summary = {"job": job, "env": settings.env, **fields}
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    return summary
+
+
+def _create_snapshot(spark: SparkSession, settings: Settings, name: str) -> str:
+    """Pin silver and gold under ``name``, validated by the gold suites when GX is enabled."""
+    from pipelines.demo import DEFAULT_SNAPSHOT_TABLES
+    from pipelines.gold.job import gold_snapshot_validator
+    from pipelines.lake.catalog import Catalog
+    from pipelines.lake.snapshots import Snapshots
+
+    catalog = Catalog.for_settings(settings)
+    validator = (
+        gold_snapshot_validator(spark, settings, catalog, name)
+        if settings.quality.great_expectations.enabled
+        else None
+    )
+    Snapshots(catalog).create(name, DEFAULT_SNAPSHOT_TABLES, "created by the train job", validator)
+    return name
+
+
+def _trigger(settings: Settings, trigger: str, interval: str | None) -> TriggerSettings:
+    mode = _text("trigger", trigger)
+    every = _optional("interval", interval)
+    if mode not in TRIGGERS:
+        raise ConfigError(f"trigger {mode!r} is not one of {', '.join(TRIGGERS)}")
+    if every is not None and mode != "processing-time":
+        raise ConfigError(
+            f"interval {every!r} only applies to trigger processing-time, not {mode}; "
+            "drop the interval or set trigger=processing-time"
+        )
+    if mode == "config":
+        return settings.streaming.trigger
+    if mode == "available-now":
+        return TriggerSettings(mode="available-now")
+    if every is None:
+        return TriggerSettings(mode="processing-time", interval=settings.streaming.trigger.interval)
+    try:
+        millis = round(parse_duration(every).total_seconds() * 1000)
+    except ValueError as exc:
+        raise ConfigError(f"interval: {exc}") from None
+    if millis < 1:
+        raise ConfigError(f"interval {every!r} is shorter than a millisecond; use e.g. 30s")
+    text = f"{millis // 1000} seconds" if millis % 1000 == 0 else f"{millis} milliseconds"
+    return TriggerSettings(mode="processing-time", interval=text)
+
+
+def _text(name: str, value: str) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ConfigError(f"parameter {name} is empty; pass a value (e.g. {name}=prod)")
+    return text
+
+
+def _optional(name: str, value: object) -> str | None:
+    """A text parameter where ``None``, ``""`` or ``"none"`` mean "not set" (empty widgets)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if text.lower() in ("", "none", "null") else text
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "y", "on"), ("false", "0", "no", "n", "off", "")
+
+
+def _flag(name: str, value: bool | str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"parameter {name}={value!r} is not a boolean; use true or false")
+
+
+def _integer(name: str, value: int | str) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"parameter {name}={value!r} is not a whole number") from None
+
+
+def _number(name: str, value: float | str | None) -> float | None:
+    text = _optional(name, value)
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"parameter {name}={value!r} is not a number") from None
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""The cluster adapter of the Kafka port: Spark's own ``format("kafka")`` (spark-sql-kafka).
+
+Selected by ``engines.kafka: native``. It needs the spark-sql-kafka jars (built into Databricks,
+or fetched from Maven by a local session: see ``pipelines.spark``).
+
+It yields exactly what the default ``lakehouse-kafka`` source yields (``KAFKA_SOURCE_SCHEMA``):
+the native binary key/value become UTF-8 strings (invalid bytes replaced by U+FFFD, as the
+default source does), so the bronze transform is the same for both adapters. Offsets live in the
+Spark checkpoint and no consumer-group offsets are committed, as with the default source.
+
+Security: the Java client takes SASL credentials as a JAAS login-module string
+(``kafka.sasl.jaas.config``). The password appears only in the options handed to Spark; the
+options object's ``repr`` and everything logged show it redacted (Spark itself redacts option
+values matching ``spark.redaction.regex``, which matches ``password``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipelines.config import KafkaSecurity, KafkaSettings
+from pipelines.spark import class_loadable
+
+log = logging.getLogger(__name__)
+
+NATIVE_FORMAT = "kafka"
+APACHE_KAFKA = "org.apache.kafka"
+# Databricks' built-in connector shades the Kafka client under this package.
+DATABRICKS_SHADED_KAFKA = "kafkashaded.org.apache.kafka"
+_LOGIN_MODULES = {
+    "PLAIN": "common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "common.security.scram.ScramLoginModule",
+}
+SECRET_OPTIONS = frozenset({"kafka.sasl.jaas.config"})
+REDACTED = "*** (redacted)"
+
+
+@dataclass(frozen=True)
+class NativeKafkaOptions:
+    """The reader options of ``format("kafka")``; ``repr`` never shows a secret."""
+
+    options: dict[str, str] = field(repr=False)
+
+    def redacted(self) -> dict[str, str]:
+        return {k: REDACTED if k in SECRET_OPTIONS else v for k, v in self.options.items()}
+
+    def __repr__(self) -> str:
+        return f"NativeKafkaOptions({self.redacted()})"
+
+    __str__ = __repr__
+
+
+def native_kafka_options(
+    kafka: KafkaSettings,
+    bootstrap_servers: str,
+    topics: list[str],
+    starting_offsets: str | None = None,
+    *,
+    client_package: str = APACHE_KAFKA,
+) -> NativeKafkaOptions:
+    """``settings.kafka`` as ``format("kafka")`` options (the same knobs the default source takes).
+
+    Args:
+        client_package: the Kafka client's Java package, for the SASL login module
+            (``kafkashaded.org.apache.kafka`` on Databricks).
+
+    Raises:
+        ValueError: SASL PLAIN/SCRAM is selected without both a username and a password.
+    """
+    consumer = kafka.consumer
+    options = {
+        "kafka.bootstrap.servers": bootstrap_servers,
+        "subscribe": ",".join(topics),
+        "startingOffsets": starting_offsets or consumer.starting_offsets,
+        "failOnDataLoss": str(consumer.fail_on_data_loss).lower(),
+        "minPartitions": str(consumer.min_partitions),
+        "maxRecordsPerPartition": str(consumer.max_records_per_partition),
+        "kafkaConsumer.pollTimeoutMs": str(int(consumer.poll_timeout_s * 1000)),
+    }
+    if consumer.max_offsets_per_trigger:
+        options["maxOffsetsPerTrigger"] = str(consumer.max_offsets_per_trigger)
+    security = kafka.security
+    options["kafka.security.protocol"] = security.protocol
+    if security.sasl_mechanism:
+        options["kafka.sasl.mechanism"] = security.sasl_mechanism
+    jaas = sasl_jaas_config(security, client_package)
+    if jaas is not None:
+        options["kafka.sasl.jaas.config"] = jaas
+    return NativeKafkaOptions(options)
+
+
+def sasl_jaas_config(security: KafkaSecurity, client_package: str = APACHE_KAFKA) -> str | None:
+    """The JAAS login-module line for SASL PLAIN/SCRAM (None when SASL is not used).
+
+    Raises:
+        ValueError: PLAIN/SCRAM without both ``sasl_username`` and ``sasl_password``.
+    """
+    mechanism = security.sasl_mechanism
+    if mechanism is None or not security.protocol.startswith("SASL"):
+        return None
+    if security.sasl_username is None or security.sasl_password is None:
+        raise ValueError(
+            f"kafka.security.sasl_mechanism {mechanism} needs kafka.security.sasl_username and "
+            "kafka.security.sasl_password (e.g. ${KAFKA_PASSWORD})"
+        )
+    module = f"{client_package}.{_LOGIN_MODULES[mechanism]}"
+    username = _jaas_quote(security.sasl_username)
+    password = _jaas_quote(security.sasl_password.get_secret_value())
+    return f"{module} required username={username} password={password};"
+
+
+def native_kafka_stream(
+    spark: SparkSession,
+    kafka: KafkaSettings,
+    bootstrap_servers: str,
+    topics: list[str],
+    starting_offsets: str | None = None,
+) -> DataFrame:
+    """Kafka records through ``format("kafka")``, in the default source's columns and types."""
+    options = native_kafka_options(
+        kafka,
+        bootstrap_servers,
+        topics,
+        starting_offsets,
+        client_package=kafka_client_package(spark)
+        if kafka.security.sasl_mechanism
+        else APACHE_KAFKA,
+    )
+    log.info("native Kafka source on %s: %s", bootstrap_servers, options)
+    return kafka_records(spark.readStream.format(NATIVE_FORMAT).options(**options.options).load())
+
+
+def kafka_records(native: DataFrame) -> DataFrame:
+    """``format("kafka")`` rows in ``KAFKA_SOURCE_SCHEMA``'s columns and types: UTF-8 key and
+    value (invalid bytes become U+FFFD), topic, partition, offset, timestamp."""
+    return native.select(
+        F.make_valid_utf8(F.col("key").cast("string")).alias("key"),
+        F.make_valid_utf8(F.col("value").cast("string")).alias("value"),
+        F.col("topic"),
+        F.col("partition"),
+        F.col("offset"),
+        F.col("timestamp"),
+    )
+
+
+def kafka_client_package(spark: SparkSession) -> str:
+    """The Java package of the session's Kafka client: shaded on Databricks, Apache elsewhere."""
+    shaded = class_loadable(spark, f"{DATABRICKS_SHADED_KAFKA}.{_LOGIN_MODULES['PLAIN']}")
+    if shaded is None:  # no JVM gateway (Spark Connect): Databricks is the shaded case
+        shaded = "DATABRICKS_RUNTIME_VERSION" in os.environ
+    return DATABRICKS_SHADED_KAFKA if shaded else APACHE_KAFKA
+
+
+def _jaas_quote(value: str) -> str:
+    """A JAAS option value in double quotes (Kafka parses it with backslash escapes)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
