@@ -476,6 +476,36 @@ class CollectorSettings(_Model):
         return value
 
 
+class AlertSettings(_Model):
+    """Thresholds evaluated by `lakehouse alerts check` (and exported with the metrics)."""
+
+    freshness_s: float = Field(
+        default=3_600, gt=0, description="A watched table's freshness (commit - newest event)."
+    )
+    freshness_tables: list[str] = Field(
+        default_factory=lambda: ["silver.events", "gold.user_features_history"]
+    )
+    quarantine_rate: float = Field(
+        default=0.05, ge=0, le=1, description="Quarantined share of input over recent batches."
+    )
+    recent_batches: int = Field(default=5, ge=1, description="Batches the rate is taken over.")
+    backlog: int = Field(default=1_000_000, ge=0, description="Unread records of any query.")
+    stalled_after_s: float = Field(
+        default=900, gt=0, description="No progress this long while work is waiting = stalled."
+    )
+    suite_failures: int = Field(default=0, ge=0, description="Failed GX suites allowed in 24 h.")
+    drift_psi: float = Field(default=0.25, gt=0, description="PSI of any drift feature.")
+    webhook_url: str | None = Field(
+        default=None, description="POST the fired alerts as JSON here (Slack-compatible text)."
+    )
+
+
+class MonitoringSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535, description="`lakehouse metrics serve`.")
+    alerts: AlertSettings = AlertSettings()
+
+
 class Settings(_Model):
     """The whole configuration of one environment."""
 
@@ -491,6 +521,7 @@ class Settings(_Model):
     mlflow: MlflowSettings = MlflowSettings()
     drift: DriftSettings = DriftSettings()
     collector: CollectorSettings = CollectorSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     demo: DemoSettings = DemoSettings()
     conf_dir: str = Field(
         default="conf", description="Set by the loader: where the YAML came from."

@@ -31,10 +31,13 @@ from pipelines.lake.tables import (
     GOLD_ITEM_FEATURES_HISTORY,
     GOLD_USER_FEATURES,
     GOLD_USER_FEATURES_HISTORY,
+    MONITORING_QUERY_PROGRESS,
     SILVER_EVENTS,
     SILVER_QUARANTINE,
     SILVER_SESSIONS,
 )
+from pipelines.monitoring.alerts import evaluate
+from pipelines.monitoring.health import collect_health
 from pipelines.quality.report import accounting_report, latest_results
 from pipelines.silver.job import run_silver, silver_suite_validator
 from pipelines.silver.sessions_job import run_sessions
@@ -194,6 +197,9 @@ def run_demo(
     produced_per_topic = {
         settings.kafka.topics.for_event_type(t): n for t, n in sorted(edge["accepted"].items())
     }
+    recorded = catalog.read_arrow(MONITORING_QUERY_PROGRESS.name).to_pylist()
+    batches_per_query: Counter[str] = Counter(r["query_name"] for r in recorded)
+    health = collect_health(catalog)
     info = catalog.info(BRONZE_EVENTS_RAW.name)
     per_topic = catalog.read(spark, BRONZE_EVENTS_RAW.name).groupBy("topic").count().collect()
     return {
@@ -240,6 +246,7 @@ def run_demo(
             "rows": catalog.info(SILVER_SESSIONS.name).rows,
             "converted": _count_where(spark, catalog, SILVER_SESSIONS.name, "converted"),
             "table_version": sessions.table_version,
+            "batches": sessions.stats.batches_written,
             "seconds": round(sessions_s, 2),
         },
         "gold": {
@@ -281,6 +288,13 @@ def run_demo(
             "suites_run": len(suites),
             "suites_passed": sum(1 for r in suites if r["success"]),
             "data_docs": quality["data_docs"],
+        },
+        "monitoring": {
+            "query_progress_rows": len(recorded),
+            "batches_per_query": dict(sorted(batches_per_query.items())),
+            "freshness_s": {t.name: t.freshness_s for t in health.tables},
+            "hop_latency_p50_s": {hop: v["p50_s"] for hop, v in health.hops.items()},
+            "alerts": [a.to_dict() for a in evaluate(health, settings.monitoring.alerts)],
         },
         "matches": info.rows == sum(produced_per_topic.values()),
         "seconds": round(time.perf_counter() - started, 2),

@@ -352,6 +352,53 @@ LAKE_SNAPSHOTS = TableSpec(
     "version. Maintenance keeps the files of every pinned version.",
 )
 
+MONITORING_QUERY_PROGRESS = TableSpec(
+    name="monitoring.query_progress",
+    schema=StructType(
+        [
+            StructField("query_id", StringType(), False),
+            StructField("run_id", StringType(), False),
+            StructField("query_name", StringType(), False),
+            StructField("batch_id", LongType(), False),
+            StructField("progress_ts", TimestampType(), False),
+            StructField("num_input_rows", LongType(), False),
+            StructField("input_rows_per_s", DoubleType(), True),
+            StructField("processed_rows_per_s", DoubleType(), True),
+            StructField("batch_duration_ms", LongType(), False),
+            StructField("duration_ms", MapType(StringType(), LongType(), False), True),
+            StructField("state_rows_total", LongType(), False),
+            StructField("state_rows_updated", LongType(), False),
+            StructField("state_memory_bytes", LongType(), False),
+            StructField(
+                "sources",
+                ArrayType(
+                    StructType(
+                        [
+                            StructField("description", StringType(), True),
+                            StructField("start_offset", StringType(), True),
+                            StructField("end_offset", StringType(), True),
+                            StructField("latest_offset", StringType(), True),
+                            StructField("num_input_rows", LongType(), True),
+                            StructField("backlog", LongType(), True),
+                        ]
+                    ),
+                    False,
+                ),
+                True,
+            ),
+            StructField("backlog", LongType(), True),
+            StructField("sink", StringType(), True),
+            StructField("num_output_rows", LongType(), True),
+            StructField("recorded_at", TimestampType(), False),
+            StructField("progress_date", DateType(), False),
+        ]
+    ),
+    partition_by=("progress_date",),
+    change_data_feed=False,
+    description="One row per micro-batch per streaming query: rows, rates, duration breakdown, "
+    "state, source offsets and backlog (StreamingQueryListener).",
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in [
@@ -370,6 +417,7 @@ TABLES: dict[str, TableSpec] = {
         QUALITY_SUITE_RESULTS,
         LAKE_SNAPSHOTS,
         LAKE_TRAINING_SETS,
+        MONITORING_QUERY_PROGRESS,
     ]
 }
 

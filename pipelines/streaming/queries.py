@@ -16,6 +16,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.config import TriggerSettings
 from pipelines.lake.catalog import Catalog
+from pipelines.monitoring.progress import settle_query, watch_query
 from pipelines.streaming.delta_sink import BatchHandler
 
 
@@ -41,7 +42,9 @@ def start_table_stream(
         writer = writer.trigger(availableNow=True)
     else:
         writer = writer.trigger(processingTime=trigger.interval)
-    return writer.start()
+    query = writer.start()
+    watch_query(frame.sparkSession, query, catalog)
+    return query
 
 
 def await_query(
@@ -71,6 +74,7 @@ def await_query(
         raise StreamingJobError(_reason(exc)) from None
     if on_progress is not None:
         on_progress(query)
+    settle_query(query)
     failure = query.exception()
     if failure is not None:
         raise StreamingJobError(_reason(failure))

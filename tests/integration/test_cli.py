@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,6 +28,7 @@ def cli_env(data: Path) -> dict[str, str]:
         "LAKEHOUSE_ENV": "test",
         "LAKEHOUSE_DATA": str(data),
         "LAKEHOUSE_CONF_DIR": str(REPO / "conf"),
+        "LAKEHOUSE_GX_DATA_DOCS": "true",  # the demo reports its Data Docs
     }
 
 
@@ -53,12 +57,12 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
     ingest, kafka, bronze = summary["ingest"], summary["kafka"], summary["bronze"]
     sdk, bad = ingest["sdk"], ingest["generated"]["by_kind"]
     assert ingest["path"] == "tracking SDK -> HTTP collector -> Kafka"
-    assert sdk["tracked"] == 5_000  # conf/test.yaml demo.events
+    assert sdk["tracked"] == 3_000  # conf/test.yaml demo.events
     assert sdk["dropped"] == 0 and ingest["delivered"] is True
-    assert 50 <= sum(bad.values()) <= 150  # ~2 % of 5,000
+    assert 30 <= sum(bad.values()) <= 90  # ~2 % of 3,000
     # Every bad kind but exact duplicates breaks the contract and is rejected at the edge.
     assert ingest["rejected"] == sum(v for k, v in bad.items() if k != "duplicate")
-    assert ingest["accepted"] + ingest["rejected"] == 5_000
+    assert ingest["accepted"] + ingest["rejected"] == 3_000
     assert sdk["accepted"] == ingest["accepted"] and sdk["rejected"] == ingest["rejected"]
     for rule in ("not_an_object", "unknown_event_type", "timestamp_in_future"):
         assert ingest["rejected_by_rule"][rule] > 0
@@ -81,6 +85,18 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
     assert silver["rows"] == silver["written"]
     assert silver["quarantine_rows"] == silver["quarantined"] == 0  # the edge caught them
     assert silver["duplicates"] == bad["duplicate"]  # client retries: same event_id
+
+    # Every micro-batch of every query left one row in monitoring.query_progress.
+    monitoring = summary["monitoring"]
+    per_query = monitoring["batches_per_query"]
+    assert per_query["bronze_events_raw"] == bronze["batches"] >= 1
+    assert per_query["silver_events"] == silver["batches"] >= 1
+    assert per_query["silver_sessions"] == summary["sessions"]["batches"] >= 1
+    gold_batches = summary["gold"]["batches_published"] + summary["gold"]["batches_rejected"]
+    assert per_query["gold_user_features"] == gold_batches >= 1
+    assert monitoring["query_progress_rows"] == sum(per_query.values())
+    assert monitoring["freshness_s"]["silver.events"] is not None
+    assert monitoring["hop_latency_p50_s"]["kafka_to_bronze"] >= 0
     assert silver["invariant_holds"] is True
     assert silver["accounting_holds"] is True
     assert summary["sessions"]["rows"] > 0
@@ -101,7 +117,7 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
     model = summary["model"]
     assert model["alias"] == "champion" and model["mlflow_run_id"]
     # The margin over the baseline is asserted on pinned data in tests/streaming/test_training.py;
-    # the tiny test-env demo (5,000 events, generated up to "now") only has to report both.
+    # the tiny test-env demo (3,000 events, generated up to "now") only has to report both.
     for metrics in (model["metrics"], model["baseline_metrics"]):
         assert 0 < metrics["ndcg@10"] <= 1 and metrics["users"] > 0
     assert {t: model["input_versions"][t] for t in snapshot["versions"]} == snapshot["versions"]
@@ -150,6 +166,68 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
         )
     )
     assert {r["topic"]: r["n"] for r in counted["rows"]} == kafka["produced_per_topic"]
+
+    # `lakehouse metrics serve`: Prometheus text with the documented names and the demo's values.
+    server = subprocess.Popen(
+        [LAKEHOUSE, "metrics", "serve", "--port", "0"],
+        env=cli_env(data),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=data.parent,
+    )
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/metrics", first)
+        assert url, first + (server.stderr.read() if server.poll() is not None else "")
+        with urllib.request.urlopen(url.group(0), timeout=60) as response:
+            text = response.read().decode()
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(30)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    names = {name for name, _labels in samples}
+    from pipelines.monitoring.exporter import METRICS
+
+    documented = (REPO / "docs" / "MONITORING.md").read_text()
+    for name in names:
+        assert f"`{name}`" in documented or f"`{name.removesuffix('_total')}" in documented, name
+    assert {
+        "lakehouse_query_batches_total",
+        "lakehouse_query_batch_duration_seconds",
+        "lakehouse_table_freshness_seconds",
+        "lakehouse_hop_latency_seconds",
+        "lakehouse_quarantine_rate",
+    } <= names
+    assert (
+        set(METRICS)
+        - {
+            "lakehouse_quarantined_rows",
+            "lakehouse_feature_drift_psi",
+            "lakehouse_alerts_firing",
+            "lakehouse_query_batches",
+            "lakehouse_gate_input_rows",
+            "lakehouse_query_backlog",
+        }
+        <= names
+    )
+    query = ("query", "bronze_events_raw")
+    assert samples[("lakehouse_query_batches_total", (query,))] == bronze["batches"]
+    rows = samples[("lakehouse_table_rows", (("table", "silver.events"),))]
+    assert rows == silver["rows"]
+    assert samples[("lakehouse_quarantine_rate", ())] == 0.0  # the edge caught the bad events
+    assert (
+        0
+        <= samples[
+            ("lakehouse_hop_latency_seconds", (("hop", "bronze_to_silver"), ("quantile", "0.5")))
+        ]
+        < 3600
+    )
 
 
 @pytest.fixture

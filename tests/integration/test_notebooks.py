@@ -106,7 +106,7 @@ def gold_lake(
         settings = load_settings("test", overrides=overrides)
     generator = ClickstreamGenerator(users=120, items=40, seed=11, days=2)
     published = publish_clickstream(
-        generator, 2_500, settings.kafka, kafka_broker.bootstrap_servers
+        generator, 1_200, settings.kafka, kafka_broker.bootstrap_servers
     )
     assert published.delivery.total_failed == 0
     runtime = jobs.JobRuntime(load_settings=lambda _env: settings, spark=lambda _s: spark)
@@ -122,9 +122,9 @@ def test_the_streaming_jobs_summarise_what_they_wrote(
     _, settings, summaries = gold_lake
     catalog = Catalog.for_settings(settings)
     bronze, silver = summaries["bronze"], summaries["silver"]
-    assert bronze["rows_written"] == 2_500 == catalog.info(BRONZE_EVENTS_RAW.name).rows
-    assert silver["input"] == 2_500 and silver["invariant_holds"] is True
-    assert silver["written"] + silver["quarantined"] + silver["duplicates"] == 2_500
+    assert bronze["rows_written"] == 1_200 == catalog.info(BRONZE_EVENTS_RAW.name).rows
+    assert silver["input"] == 1_200 and silver["invariant_holds"] is True
+    assert silver["written"] + silver["quarantined"] + silver["duplicates"] == 1_200
     assert silver["written"] == catalog.info("silver.events").rows
     assert summaries["sessions"]["table_version"] == catalog.info("silver.sessions").version
     gold = summaries["gold"]
@@ -150,9 +150,9 @@ def test_the_quality_report_and_maintenance_jobs_read_the_same_lake(
     assert report["accounting"]["table_rows"] == {
         "written": silver["written"],
         "quarantined": silver["quarantined"],
-        "source": 2_500,
+        "source": 1_200,
     }
-    assert [b["input_rows"] for b in report["latest_batches"]] == [2_500]
+    assert [b["input_rows"] for b in report["latest_batches"]] == [1_200]
     assert report["suites_checked"] == 0  # Great Expectations is off in this lake
     assert maintenance["dry_run"] is True
     existing = {i.name: i.version for i in catalog.infos() if i.exists}

@@ -146,16 +146,19 @@ def test_s3_root_runs_every_layer_with_the_same_rows_as_local_storage(
     }
     local = make_settings(tmp_path / "local", kafka=kafka)
     remote = make_settings(
-        tmp_path / "unused", kafka=kafka, storage=s3_storage(s3_endpoint, tmp_path)
+        tmp_path / "unused",
+        kafka=kafka,
+        storage=s3_storage(s3_endpoint, tmp_path),
+        quality={"great_expectations": {"data_docs": True}},  # published to the bucket
     )
     generator = ClickstreamGenerator(users=60, items=40, seed=3, bad_fraction=0.03)
-    published = publish_clickstream(generator, 1_500, local.kafka, kafka_broker.bootstrap_servers)
-    assert published.delivery.total_delivered == 1_500
+    published = publish_clickstream(generator, 800, local.kafka, kafka_broker.bootstrap_servers)
+    assert published.delivery.total_delivered == 800
 
     on_s3 = run_layers(spark, remote, kafka_broker.bootstrap_servers, suites=True)
     on_disk = run_layers(spark, local, kafka_broker.bootstrap_servers, suites=False)
     assert on_s3 == on_disk
-    assert on_s3[BRONZE_EVENTS_RAW.name] == 1_500
+    assert on_s3[BRONZE_EVENTS_RAW.name] == 800
     assert on_s3[SILVER_QUARANTINE.name] > 0 and on_s3[GOLD_USER_FEATURES.name] > 0
 
     # The tables really are in the bucket, not on disk.

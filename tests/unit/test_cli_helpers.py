@@ -71,6 +71,12 @@ def test_every_command_has_help() -> None:
         ["bench", "bronze", "--help"],
         ["bench", "collector", "--help"],
         ["collector", "serve", "--help"],
+        ["doctor", "--help"],
+        ["notebook", "run", "--help"],
+        ["metrics", "serve", "--help"],
+        ["status", "--help"],
+        ["report", "--help"],
+        ["alerts", "check", "--help"],
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
