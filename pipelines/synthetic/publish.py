@@ -88,7 +88,12 @@ def track_clickstream(
     and removed in silver.
     """
     step = max(1, events // 100)
-    with Tracker(endpoint, write_key, spool_dir=spool_dir, batch_size=500) as tracker:
+    # The generator produces far faster than any app: a queue that holds the whole run keeps
+    # the demo on the steady-state path instead of the (lossless) memory-full spool path.
+    queue = max(10_000, events + 1)
+    with Tracker(
+        endpoint, write_key, spool_dir=spool_dir, batch_size=500, max_queue=queue
+    ) as tracker:
         for i, event in enumerate(generator.events(events), start=1):
             try:
                 parsed = orjson.loads(event.value)

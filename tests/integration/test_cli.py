@@ -59,6 +59,7 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
     assert ingest["path"] == "tracking SDK -> HTTP collector -> Kafka"
     assert sdk["tracked"] == 3_000  # conf/test.yaml demo.events
     assert sdk["dropped"] == 0 and ingest["delivered"] is True
+    assert sdk["spooled"] == 0  # the collector kept up: nothing had to wait on disk
     assert 30 <= sum(bad.values()) <= 90  # ~2 % of 3,000
     # Every bad kind but exact duplicates breaks the contract and is rejected at the edge.
     assert ingest["rejected"] == sum(v for k, v in bad.items() if k != "duplicate")
