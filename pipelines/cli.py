@@ -284,11 +284,11 @@ def metrics_serve(
     (rates, batch duration, backlog), per table (rows, freshness), per quality rule, per drift
     feature, and the alerts firing. Dashboard: pipelines/monitoring/grafana/lakehouse.json."""
     from pipelines.monitoring.exporter import HealthCollector, serve_metrics
-    from pipelines.monitoring.health import collect_health
+    from pipelines.monitoring.health import lake_health
 
     settings = _settings(env)
     catalog = Catalog.for_settings(settings)
-    collector = HealthCollector(lambda: collect_health(catalog), settings.monitoring.alerts)
+    collector = HealthCollector(lambda: lake_health(settings, catalog), settings.monitoring.alerts)
     server, bound = serve_metrics(
         collector,
         host or settings.monitoring.host,
@@ -317,14 +317,14 @@ def status(
     from rich.live import Live
 
     from pipelines.monitoring.alerts import evaluate
-    from pipelines.monitoring.health import collect_health
+    from pipelines.monitoring.health import lake_health
     from pipelines.monitoring.status import render_status
 
     settings = _settings(env)
     catalog = Catalog.for_settings(settings)
 
     def snapshot() -> Any:
-        health = collect_health(catalog)
+        health = lake_health(settings, catalog)
         return health, evaluate(health, settings.monitoring.alerts)
 
     if as_json or once:
@@ -380,10 +380,10 @@ def alerts_check(
 ) -> None:
     """Evaluate the thresholds in monitoring.alerts; exit 1 and print what fired."""
     from pipelines.monitoring.alerts import evaluate, post_webhook
-    from pipelines.monitoring.health import collect_health
+    from pipelines.monitoring.health import lake_health
 
     settings = _settings(env)
-    alerts = evaluate(collect_health(Catalog.for_settings(settings)), settings.monitoring.alerts)
+    alerts = evaluate(lake_health(settings), settings.monitoring.alerts)
     target = webhook or settings.monitoring.alerts.webhook_url
     delivered = None
     if alerts and target:
@@ -1671,12 +1671,11 @@ def bench_bronze_cmd(
     from pipelines.benchmarks.bronze import bench_bronze
 
     settings = _settings(env)
-    console = err if as_json else out
     result = bench_bronze(
         settings,
         _spark,
         events,
-        stage=lambda m: console.print(f"[dim]›[/] {m}", highlight=False),
+        stage=_stage_printer(as_json),
         workdir=workdir,
     )
     keys = (
@@ -1709,14 +1708,13 @@ def bench_collector_cmd(
     from pipelines.benchmarks.collector import bench_collector
 
     settings = _settings(env)
-    console = err if as_json else out
     result = bench_collector(
         settings,
         seconds=seconds,
         concurrency=concurrency,
         batch_size=batch_size,
         latency_rate=latency_rate,
-        stage=lambda m: console.print(f"[dim]›[/] {m}", highlight=False),
+        stage=_stage_printer(as_json),
     )
     keys = (
         "accepted_events_per_s",
@@ -1749,12 +1747,11 @@ def bench_silver_cmd(
     from pipelines.benchmarks.silver import bench_silver
 
     settings = _settings(env)
-    console = err if as_json else out
     result = bench_silver(
         settings,
         _spark,
         events,
-        stage=lambda m: console.print(f"[dim]›[/] {m}", highlight=False),
+        stage=_stage_printer(as_json),
         workdir=workdir,
     )
     keys = (
@@ -1789,7 +1786,6 @@ def bench_freshness_cmd(
     from pipelines.benchmarks.freshness import bench_freshness
 
     settings = _settings(env)
-    console = err if as_json else out
     result = bench_freshness(
         settings,
         _spark,
@@ -1797,7 +1793,7 @@ def bench_freshness_cmd(
         seconds=seconds,
         warmup_s=warmup,
         trigger=_normalise_interval(trigger),
-        stage=lambda m: console.print(f"[dim]›[/] {m}", highlight=False),
+        stage=_stage_printer(as_json),
         workdir=workdir,
     )
     if as_json:
@@ -1817,6 +1813,12 @@ def bench_freshness_cmd(
             f"{name} batch seconds p50/p95", f"{d['p50']} / {d['p95']} ({d['batches']} batches)"
         )
     out.print(table)
+
+
+def _stage_printer(as_json: bool) -> Callable[[str], None]:
+    """Benchmark stage lines, on stderr when stdout carries the JSON."""
+    console = err if as_json else out
+    return lambda message: console.print(f"[dim]›[/] {message}", highlight=False)
 
 
 def _print_bench(result: dict[str, Any], title: str, keys: Sequence[str], as_json: bool) -> None:

@@ -465,6 +465,19 @@ class CollectorSettings(_Model):
         description="Segment track event names -> contract event types.",
     )
 
+    def first_write_key(self) -> str:
+        """The first configured key: what the demo and the benchmark send with.
+
+        Raises:
+            ConfigError: no key is configured.
+        """
+        if not self.write_keys:
+            raise ConfigError(
+                "collector.write_keys is empty; add one in conf/<env>.yaml, e.g. "
+                "collector.write_keys.web: ${LAKEHOUSE_WRITE_KEY_WEB}"
+            )
+        return next(iter(self.write_keys.values())).get_secret_value()
+
     @field_validator("segment_events")
     @classmethod
     def _known_types(cls, value: dict[str, str]) -> dict[str, str]:

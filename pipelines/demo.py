@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from pipelines.bronze.job import run_bronze
 from pipelines.collector import BackgroundCollector
-from pipelines.config import ConfigError, Settings, TriggerSettings
+from pipelines.config import Settings, TriggerSettings
 from pipelines.gold.job import gold_snapshot_validator, gold_suite_gate, run_gold
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import Snapshots
@@ -37,7 +37,7 @@ from pipelines.lake.tables import (
     SILVER_SESSIONS,
 )
 from pipelines.monitoring.alerts import evaluate
-from pipelines.monitoring.health import collect_health
+from pipelines.monitoring.health import lake_health
 from pipelines.quality.report import accounting_report, latest_results
 from pipelines.silver.job import run_silver, silver_suite_validator
 from pipelines.silver.sessions_job import run_sessions
@@ -117,7 +117,7 @@ def run_demo(
             generator,
             demo.events,
             collector.url,
-            _write_key(settings),
+            settings.collector.first_write_key(),
             Path(settings.storage.resolved().root) / "_spool",
             on_progress=hooks.produced,
         )
@@ -199,7 +199,7 @@ def run_demo(
     }
     recorded = catalog.read_arrow(MONITORING_QUERY_PROGRESS.name).to_pylist()
     batches_per_query: Counter[str] = Counter(r["query_name"] for r in recorded)
-    health = collect_health(catalog)
+    health = lake_health(settings, catalog)
     info = catalog.info(BRONZE_EVENTS_RAW.name)
     per_topic = catalog.read(spark, BRONZE_EVENTS_RAW.name).groupBy("topic").count().collect()
     return {
@@ -319,16 +319,6 @@ def silver_summary(stats: Any) -> dict[str, Any]:
         "warnings_by_rule": dict(warnings.most_common()),
         "invariant_holds": all(a.invariant_holds for a in stats.accounts),
     }
-
-
-def _write_key(settings: Settings) -> str:
-    keys = settings.collector.write_keys
-    if not keys:
-        raise ConfigError(
-            "the demo sends through the collector but collector.write_keys is empty; "
-            "add one in conf/<env>.yaml"
-        )
-    return next(iter(keys.values())).get_secret_value()
 
 
 def _most_active_user(spark: SparkSession, catalog: Catalog) -> str:

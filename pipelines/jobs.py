@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import ConfigError, Settings, TriggerSettings, load_settings, parse_duration
+from pipelines.config import ConfigError, Settings, TriggerSettings, load_settings, spark_interval
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -472,13 +472,9 @@ def _trigger(settings: Settings, trigger: str, interval: str | None) -> TriggerS
     if every is None:
         return TriggerSettings(mode="processing-time", interval=settings.streaming.trigger.interval)
     try:
-        millis = round(parse_duration(every).total_seconds() * 1000)
+        return TriggerSettings(mode="processing-time", interval=spark_interval(every))
     except ValueError as exc:
         raise ConfigError(f"interval: {exc}") from None
-    if millis < 1:
-        raise ConfigError(f"interval {every!r} is shorter than a millisecond; use e.g. 30s")
-    text = f"{millis // 1000} seconds" if millis % 1000 == 0 else f"{millis} milliseconds"
-    return TriggerSettings(mode="processing-time", interval=text)
 
 
 def _text(name: str, value: str) -> str:

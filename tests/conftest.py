@@ -6,6 +6,7 @@ topic names carry a per-test suffix, so tests never see each other's data.
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,32 @@ def make_settings(root: Path, **overrides: Any) -> Settings:
     return load_settings("test", conf_dir=REPO / "conf", overrides=merged, environ={})
 
 
+def unique_topics(suffix: str | None = None) -> dict[str, str]:
+    """``kafka.topics`` no other test uses: every event type, the DLQ and identities."""
+    suffix = suffix or uuid.uuid4().hex[:8]
+    return {t: f"{t}-{suffix}" for t in EVENT_TYPES} | {
+        "dlq": f"dlq-{suffix}",
+        "identities": f"identities-{suffix}",
+    }
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on right now (for a server to take, or to refuse)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def conf_folder(root: Path, base_yaml: str, env: str) -> dict[str, str]:
+    """A config folder with ``base.yaml`` and an empty ``<env>.yaml``; returns the environment
+    variables that point the CLI at it."""
+    conf = root / "conf"
+    conf.mkdir()
+    (conf / "base.yaml").write_text(base_yaml)
+    (conf / f"{env}.yaml").write_text("{}\n")
+    return {"LAKEHOUSE_CONF_DIR": str(conf)}
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     from pipelines.spark import build_spark
@@ -46,11 +73,7 @@ def kafka_broker() -> Iterator[EmbeddedKafka]:
 @pytest.fixture
 def lake_settings(tmp_path: Path, kafka_broker: EmbeddedKafka) -> Settings:
     """Test settings on the embedded broker, with topics no other test uses."""
-    suffix = uuid.uuid4().hex[:8]
-    topics = {t: f"{t}-{suffix}" for t in EVENT_TYPES} | {
-        "dlq": f"dlq-{suffix}",
-        "identities": f"identities-{suffix}",
-    }
+    topics = unique_topics()
     return make_settings(
         tmp_path / "lake",
         kafka={"bootstrap_servers": kafka_broker.bootstrap_servers, "topics": topics},

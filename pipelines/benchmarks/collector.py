@@ -49,7 +49,7 @@ def bench_collector(
     stage: Callable[[str], None] = lambda _msg: None,
 ) -> dict[str, Any]:
     """Run (a), (b) and (c) and return the figures."""
-    key = _first_key(settings)
+    key = settings.collector.first_write_key()
     with embedded_broker(settings) as broker:
         stage(f"starting the collector process (Kafka {broker.bootstrap_servers})")
         with CollectorProcess(settings, broker.bootstrap_servers) as url:
@@ -229,13 +229,6 @@ def _sdk_track_cost_us(url: str, key: str, calls: int) -> float:
     finally:
         tracker.close()
     return elapsed / calls * 1e6
-
-
-def _first_key(settings: Settings) -> str:
-    keys = settings.collector.write_keys
-    if not keys:
-        raise ValueError("collector.write_keys is empty; the benchmark needs one key to send with")
-    return next(iter(keys.values())).get_secret_value()
 
 
 def _serve_child(env: str, conf_dir: str, bootstrap: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.config import Settings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import (
     BRONZE_EVENTS_RAW,
@@ -111,6 +112,15 @@ def collect_health(
         quarantine=quarantine_health(catalog, recent_batches),
         suites=suite_health(catalog, now),
         drift=latest_drift(catalog),
+    )
+
+
+def lake_health(settings: Settings, catalog: Catalog | None = None) -> Health:
+    """``collect_health`` over the environment's lake, with the quarantine rate taken over the
+    same number of batches the ``quarantine_rate`` alert uses (so metric and alert agree)."""
+    return collect_health(
+        catalog or Catalog.for_settings(settings),
+        recent_batches=settings.monitoring.alerts.recent_batches,
     )
 
 

@@ -25,7 +25,7 @@ from pipelines.config import Settings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import MONITORING_QUERY_PROGRESS
 from pipelines.monitoring.alerts import Alert, evaluate
-from pipelines.monitoring.health import Health, collect_health
+from pipelines.monitoring.health import Health, lake_health
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1200px}
@@ -40,7 +40,7 @@ text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:
 def build_report(settings: Settings, catalog: Catalog | None = None) -> str:
     """The report as one HTML string."""
     catalog = catalog or Catalog.for_settings(settings)
-    health = collect_health(catalog)
+    health = lake_health(settings, catalog)
     alerts = evaluate(health, settings.monitoring.alerts)
     progress = (
         catalog.read_arrow(MONITORING_QUERY_PROGRESS.name).to_pylist()

@@ -71,8 +71,7 @@ class DeltaAppender:
         return self._table
 
     def committed(self, app_id: str, batch_id: int) -> bool:
-        done = self.table.transaction_version(app_id)
-        return done is not None and done >= batch_id
+        return batch_committed(self.table, app_id, batch_id)
 
     def append(
         self,
@@ -241,6 +240,12 @@ def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
     if missing:
         raise ValueError(f"batch is missing columns {missing} of the target table")
     return data.select(schema.names).cast(schema)
+
+
+def batch_committed(table: DeltaTable, app_id: str, batch_id: int) -> bool:
+    """Whether ``table``'s log holds the app transaction ``(app_id, batch_id)`` or a later one."""
+    done = table.transaction_version(app_id)
+    return done is not None and done >= batch_id
 
 
 def query_id_from_checkpoint(checkpoint: str, spark: SparkSession | None = None) -> str:

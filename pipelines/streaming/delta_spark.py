@@ -41,6 +41,7 @@ from pipelines.streaming.delta_sink import (
     AppendResult,
     BatchHandler,
     BatchWriteStats,
+    batch_committed,
     conform,
     query_id_from_checkpoint,
 )
@@ -125,8 +126,7 @@ class DeltaSparkWriter:
             self._log = DeltaRsTable(self.location, storage_options=options)
         else:
             self._log.update_incremental()
-        done = self._log.transaction_version(app_id)
-        return done is not None and done >= batch_id
+        return batch_committed(self._log, app_id, batch_id)
 
     def append(
         self,

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.streaming.helpers import metric_samples
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -187,11 +188,7 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(30)
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    samples = metric_samples(text)
     names = {name for name, _labels in samples}
     from pipelines.monitoring.exporter import METRICS
 

@@ -6,6 +6,7 @@ import time
 from collections import Counter
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.config import Settings
 from pipelines.streaming.kafka import EventProducer
@@ -85,3 +86,12 @@ def read_topic(
         return out
     finally:
         consumer.close()
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text parsed by the official parser: (name, sorted labels) -> value."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

@@ -12,14 +12,13 @@ from typing import Any
 import orjson
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.collector import BackgroundCollector
 from pipelines.collector.access import RateLimiter, WriteKeys, presented_key, truncate_ip
 from pipelines.config import ConfigError, RateLimitSettings, Settings
 from pipelines.streaming.kafka import EmbeddedKafka
 from tests.conftest import make_settings
-from tests.streaming.helpers import read_topic
+from tests.streaming.helpers import metric_samples, read_topic
 
 pytestmark = pytest.mark.streaming
 
@@ -271,11 +270,7 @@ def test_metrics_are_prometheus_text_with_counts(collector: BackgroundCollector)
     requests.post(f"{collector.url}/v1/events", json=[event(), {"x": 1}], headers=AUTH, timeout=5)
     requests.post(f"{collector.url}/v1/events", json=[event()], headers={"X-Write-Key": "bad"})
     text = requests.get(f"{collector.url}/metrics", timeout=5).text
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    samples = metric_samples(text)
     assert (
         samples[
             ("lakehouse_collector_events_total", (("event_type", "click"), ("outcome", "accepted")))

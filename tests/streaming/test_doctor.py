@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from pipelines.doctor import run_checks
 from pipelines.streaming.kafka import EmbeddedKafka
-from tests.conftest import make_settings
+from tests.conftest import conf_folder, free_port, make_settings
 
 pytestmark = pytest.mark.streaming
 
@@ -42,20 +41,17 @@ def test_doctor_passes_on_the_embedded_defaults_and_reports_the_cluster_adapters
 
 
 def test_doctor_exits_1_and_names_the_fix_when_the_broker_is_down(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "base.yaml").write_text(
+    closed = free_port()
+    env = conf_folder(
+        tmp_path,
         f"storage: {{root: '{tmp_path / 'lake'}'}}\n"
-        f"kafka: {{bootstrap_servers: '127.0.0.1:{closed}'}}\n"
+        f"kafka: {{bootstrap_servers: '127.0.0.1:{closed}'}}\n",
+        "down",
     )
-    (conf / "down.yaml").write_text("{}\n")
     result = CliRunner().invoke(
         app,
         ["doctor", "--env", "down", "--skip-spark", "--kafka-timeout", "2", "--json"],
-        env={"LAKEHOUSE_CONF_DIR": str(conf), "COLUMNS": "200"},
+        env={**env, "COLUMNS": "200"},
     )
     assert result.exit_code == 1
     assert f"127.0.0.1:{closed} did not answer" in result.output

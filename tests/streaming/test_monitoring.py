@@ -11,7 +11,6 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 from typer.testing import CliRunner
@@ -31,7 +30,8 @@ from pipelines.streaming.kafka import EmbeddedKafka
 from pipelines.streaming.queries import stop_gracefully
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import publish_clickstream
-from tests.conftest import make_settings
+from tests.conftest import conf_folder, make_settings, unique_topics
+from tests.streaming.helpers import metric_samples
 
 pytestmark = pytest.mark.streaming
 
@@ -39,20 +39,11 @@ AVAILABLE_NOW = TriggerSettings(mode="available-now")
 
 
 def settings_for(tmp_path: Path, broker: EmbeddedKafka, per_trigger: int) -> Settings:
-    suffix = tmp_path.name[-10:]
-    topics = {
-        "page_view": f"pv-{suffix}",
-        "click": f"cl-{suffix}",
-        "search": f"se-{suffix}",
-        "add_to_cart": f"ac-{suffix}",
-        "purchase": f"pu-{suffix}",
-        "dlq": f"dlq-{suffix}",
-    }
     return make_settings(
         tmp_path / "lake",
         kafka={
             "bootstrap_servers": broker.bootstrap_servers,
-            "topics": topics,
+            "topics": unique_topics(),
             "consumer": {"max_offsets_per_trigger": per_trigger},
         },
         silver={"max_rows_per_trigger": per_trigger},
@@ -99,16 +90,13 @@ def test_every_micro_batch_is_recorded_and_a_quarantine_spike_fires_its_alert(
     assert fired.rule == "quarantine_rate" and fired.subject == "silver.quarantine"
 
     # The CLI evaluates the same thresholds and exits 1 naming what fired.
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "base.yaml").write_text(
+    env = conf_folder(
+        tmp_path,
         f"storage: {{root: '{tmp_path / 'lake'}'}}\n"
-        "monitoring: {alerts: {freshness_s: 1000000000}}\n"
+        "monitoring: {alerts: {freshness_s: 1000000000}}\n",
+        "ops",
     )
-    (conf / "ops.yaml").write_text("{}\n")
-    result = CliRunner().invoke(
-        app, ["alerts", "check", "--env", "ops"], env={"LAKEHOUSE_CONF_DIR": str(conf)}
-    )
+    result = CliRunner().invoke(app, ["alerts", "check", "--env", "ops"], env=env)
     assert result.exit_code == 1, result.output
     assert "quarantine_rate" in result.output and "silver.quarantine" in result.output
 
@@ -120,11 +108,7 @@ def test_every_micro_batch_is_recorded_and_a_quarantine_spike_fires_its_alert(
             text = response.read().decode()
     finally:
         server.shutdown()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    samples = metric_samples(text)
     assert samples[("lakehouse_query_batches_total", (("query", "bronze_events_raw"),))] == 3
     silver_rows = catalog.info(SILVER_EVENTS.name).rows
     assert samples[("lakehouse_table_rows", (("table", "silver.events"),))] == silver_rows

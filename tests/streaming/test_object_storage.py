@@ -8,7 +8,6 @@ every table holds the same rows as the same run on local storage.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ from pipelines.silver.sessions_job import run_sessions
 from pipelines.streaming.kafka import EmbeddedKafka
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import publish_clickstream
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings, unique_topics
 
 pytestmark = [pytest.mark.streaming, pytest.mark.slow]
 
@@ -62,9 +61,7 @@ TABLES = (
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server in its own process (delta-rs blocks the GIL during some requests, so an
     in-process server thread could not answer them)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -132,18 +129,7 @@ def run_layers(
 def test_s3_root_runs_every_layer_with_the_same_rows_as_local_storage(
     spark: SparkSession, kafka_broker: EmbeddedKafka, s3_endpoint: str, tmp_path: Path
 ) -> None:
-    suffix = tmp_path.name[-12:]
-    kafka = {
-        "bootstrap_servers": kafka_broker.bootstrap_servers,
-        "topics": {
-            "page_view": f"pv-{suffix}",
-            "click": f"cl-{suffix}",
-            "search": f"se-{suffix}",
-            "add_to_cart": f"ac-{suffix}",
-            "purchase": f"pu-{suffix}",
-            "dlq": f"dlq-{suffix}",
-        },
-    }
+    kafka = {"bootstrap_servers": kafka_broker.bootstrap_servers, "topics": unique_topics()}
     local = make_settings(tmp_path / "local", kafka=kafka)
     remote = make_settings(
         tmp_path / "unused",

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import _normalise_interval, app, rewrite_table_names
 from pipelines.config import ConfigError
+from tests.conftest import conf_folder
 
 
 def test_logical_table_names_become_view_names() -> None:
@@ -90,14 +91,11 @@ def test_unknown_env_exits_2_with_the_fix() -> None:
 
 
 def test_collector_serve_without_write_keys_exits_2_naming_the_key(tmp_path: Path) -> None:
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "base.yaml").write_text(
-        f"storage: {{root: {tmp_path}}}\nkafka: {{bootstrap_servers: '127.0.0.1:1'}}\n"
+    env = conf_folder(
+        tmp_path,
+        f"storage: {{root: {tmp_path}}}\nkafka: {{bootstrap_servers: '127.0.0.1:1'}}\n",
+        "bare",
     )
-    (conf / "bare.yaml").write_text("{}\n")
-    result = CliRunner().invoke(
-        app, ["collector", "serve", "--env", "bare"], env={"LAKEHOUSE_CONF_DIR": str(conf)}
-    )
+    result = CliRunner().invoke(app, ["collector", "serve", "--env", "bare"], env=env)
     assert result.exit_code == 2
     assert "collector.write_keys is empty" in result.output

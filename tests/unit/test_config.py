@@ -116,6 +116,7 @@ def test_repository_environments_load() -> None:
     prod = load_settings("prod", conf_dir=conf, environ=prod_env)
     assert prod.storage.root == "s3://bucket/lake"
     assert prod.collector.write_keys["web"].get_secret_value() == "wk-web"
+    assert prod.collector.first_write_key() == "wk-web"  # what the demo and benchmark send
     assert "wk-web" not in repr(prod.collector)  # secrets never print
     # Jobs other than the collector run without its keys; the collector refuses an empty one.
     no_keys = {k: v for k, v in prod_env.items() if not k.startswith("LAKEHOUSE_WRITE_KEY")}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import http.server
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ import pytest
 
 from pipelines.contracts import ContractError, ContractRegistry
 from pipelines.tracking import SpoolLockedError, Tracker
+from tests.conftest import free_port
 
 WRITE_KEY = "test-write-key"
 REGISTRY = ContractRegistry()
@@ -178,9 +178,7 @@ def collector() -> Iterator[ScriptedCollector]:
 @pytest.fixture
 def closed_url() -> str:
     """An endpoint where nothing listens: connections are refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     return f"http://127.0.0.1:{port}"
 
 
