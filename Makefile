@@ -3,16 +3,19 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The pinned JVM jars (delta-spark, spark-sql-kafka, hadoop-aws; the Kafka broker), resolved once
+# from Maven Central into .jars/ (see pipelines/jvm.py); offline afterwards.
+JARS   := .jars/.resolved
 
 .PHONY: demo test test-fast lint format install check-java check-python clean
 
-demo: check-java $(STAMP)
+demo: check-java $(STAMP) $(JARS)
 	$(BIN)/lakehouse demo
 
-test: check-java $(STAMP)
+test: check-java $(STAMP) $(JARS)
 	$(BIN)/pytest
 
-test-fast: check-java $(STAMP)
+test-fast: check-java $(STAMP) $(JARS)
 	$(BIN)/pytest -m "not slow"
 
 lint: $(STAMP)
@@ -24,7 +27,7 @@ format: $(STAMP)
 	$(BIN)/ruff format pipelines tests
 	$(BIN)/ruff check --fix pipelines tests
 
-install: $(STAMP)
+install: $(STAMP) $(JARS)
 
 $(STAMP): requirements.txt pyproject.toml | check-python
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +35,10 @@ $(STAMP): requirements.txt pyproject.toml | check-python
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+$(JARS): pipelines/jvm.py | $(STAMP) check-java
+	$(BIN)/python -m pipelines.jvm resolve
+	@touch $(JARS)
 
 check-python:
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v[:2] == (3, 11) else f"Python 3.11 is required (found {v.major}.{v.minor} at {sys.executable}); install it or run: make PYTHON=/path/to/python3.11 ...")'
@@ -50,4 +57,4 @@ check-java:
 	  echo "  install JDK 17 or newer and put it first on PATH (or set JAVA_HOME)."; exit 1; fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache lakehouse-data .pytest-lakehouse
+	rm -rf $(VENV) .jars .pytest_cache .mypy_cache .ruff_cache lakehouse-data .pytest-lakehouse

@@ -51,15 +51,15 @@ display(tables[["name", "exists", "version", "rows", "files", "last_commit"]])
 # MAGIC %md
 # MAGIC ## 2. Query gold with Spark SQL
 # MAGIC
-# MAGIC `register_views` registers every existing table as a temporary view named
-# MAGIC `<layer>_<table>`: `gold.user_features` is `gold_user_features`. `gold.user_features` holds
-# MAGIC the current features per user (`feature_ts` says as of when); `gold.item_features` the same
-# MAGIC per item. Feature definitions: `docs/FEATURES.md`.
+# MAGIC Every table is in the Spark catalog under its own name (`gold.user_features`,
+# MAGIC `silver.events`, …), with Delta's SQL: `VERSION AS OF n`, `DESCRIBE HISTORY`.
+# MAGIC `gold.user_features` holds the current features per user (`feature_ts` says as of when);
+# MAGIC `gold.item_features` the same per item. Feature definitions: `docs/FEATURES.md`.
 
 # COMMAND ----------
 
-views = catalog.register_views(spark)
-print(f"views: {', '.join(sorted(views.values()))}")
+tables_in_catalog = catalog.register_all(spark)
+print(f"tables: {', '.join(tables_in_catalog)}")
 gold = catalog.info("gold.user_features")
 if not gold.rows:
     print(
@@ -73,7 +73,7 @@ if not gold.rows:
 top_buyers = spark.sql(
     """
     SELECT user_id, purchase_count_30d, revenue_30d, sessions_7d, recency_s, feature_ts
-    FROM gold_user_features
+    FROM gold.user_features
     ORDER BY revenue_30d DESC, user_id
     LIMIT 10
     """
@@ -82,7 +82,7 @@ display(top_buyers)
 trending = spark.sql(
     """
     SELECT item_id, category, views_7d, clicks_7d, ctr_7d, trending_score
-    FROM gold_item_features
+    FROM gold.item_features
     ORDER BY trending_score DESC, item_id
     LIMIT 10
     """

@@ -43,19 +43,21 @@ from pipelines.contracts import (
     event_spark_schema,
 )
 from pipelines.contracts.registry import SCHEMAS_DIR, EventContract, flatten_schema
-from pipelines.lake.catalog import Catalog, TableNotFoundError
+from pipelines.jvm import JarsMissingError
+from pipelines.lake.catalog import Catalog, CatalogConflictError, TableNotFoundError
 from pipelines.lake.maintenance import MaintenanceError
 from pipelines.lake.snapshots import SnapshotError
 from pipelines.lake.tables import UnknownTableError
 from pipelines.notebooks import NotebookError
 from pipelines.quality.expectations import QualityConfigError
 from pipelines.streaming.kafka import (
+    EmbeddedKafkaError,
     KafkaUnavailableError,
     embedded_broker,
+    embedded_data_dir,
     resolve_bootstrap,
     write_embedded_state,
 )
-from pipelines.streaming.kafka_source import KafkaSourceError
 from pipelines.streaming.queries import StreamingJobError
 from pipelines.training.point_in_time import LeakageError
 
@@ -137,6 +139,7 @@ TimeoutOption = Annotated[
 ]
 
 _USER_ERRORS = (
+    EmbeddedKafkaError,
     ConfigError,
     QualityConfigError,
     SnapshotError,
@@ -144,7 +147,8 @@ _USER_ERRORS = (
     LeakageError,
     ContractError,
     KafkaUnavailableError,
-    KafkaSourceError,
+    JarsMissingError,
+    CatalogConflictError,
     TableNotFoundError,
     UnknownTableError,
     StreamingJobError,
@@ -200,26 +204,59 @@ def _root(
 # -- kafka ------------------------------------------------------------------------------------
 @kafka_app.command("serve")
 @friendly_errors
-def kafka_serve(env: EnvOption = None) -> None:
-    """Run the embedded Kafka broker on 127.0.0.1 until Ctrl-C.
+def kafka_serve(
+    env: EnvOption = None,
+    brokers: Annotated[
+        int,
+        typer.Option(
+            "--brokers",
+            help="1, or 3 for a replicated cluster (replication factor 3, min.insync.replicas 2).",
+        ),
+    ] = 1,
+) -> None:
+    """Run the embedded Kafka broker (Apache Kafka, KRaft) on 127.0.0.1 until Ctrl-C.
 
-    Other commands with the same --env find it automatically (kafka.bootstrap_servers: embedded).
+    Topics and messages live in <storage root>/_kafka and survive a restart. Other commands with
+    the same --env find the broker automatically (kafka.bootstrap_servers: embedded).
     """
+    if brokers not in (1, 3):
+        raise typer.BadParameter("must be 1 or 3", param_hint="--brokers")
     settings = _settings(env)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    with embedded_broker(settings) as broker:
-        state = write_embedded_state(settings, broker)
-        out.print(f"embedded Kafka broker listening on [bold]{broker.bootstrap_servers}[/]")
-        out.print(f"  (address recorded in {state}; Ctrl-C to stop)")
-        out.print(f"  export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", highlight=False)
-        sys.stdout.flush()
-        try:
-            stop.wait()
-        finally:
-            state.unlink(missing_ok=True)
-    out.print("embedded Kafka broker stopped")
+    data_dir = embedded_data_dir(settings)
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the broker like Ctrl-C does
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    idle = threading.Event()
+    try:
+        out.print(f"starting {brokers} embedded Kafka broker(s), data in {data_dir} …")
+        with embedded_broker(settings, num_brokers=brokers, data_dir=data_dir) as broker:
+            state = write_embedded_state(settings, broker)
+            out.print(
+                f"embedded Kafka listening on [bold]{broker.bootstrap_servers}[/] "
+                f"(started in {broker.start_seconds:.1f}s)"
+            )
+            out.print(f"  (address recorded in {state}; Ctrl-C to stop)")
+            out.print(
+                f"  export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", highlight=False
+            )
+            sys.stdout.flush()
+            try:
+                while broker.running:
+                    idle.wait(1.0)  # until Ctrl-C / SIGTERM, or a broker JVM dies
+                logs = ", ".join(str(f) for f in broker.log_files)
+                raise KafkaUnavailableError(
+                    f"the embedded Kafka broker stopped unexpectedly; see {logs}"
+                )
+            finally:
+                state.unlink(missing_ok=True)
+    except KeyboardInterrupt:
+        out.print("embedded Kafka broker stopped")
+    except EmbeddedKafkaError as exc:
+        raise KafkaUnavailableError(str(exc)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- notebooks --------------------------------------------------------------------------------
@@ -825,15 +862,18 @@ def sql(
     env: EnvOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run Spark SQL over the lake's tables (each registered as a view) and print the result."""
+    """Run Spark SQL over the lake's tables (registered under their names) and print the result.
+
+    Delta SQL works as on a cluster: ``SELECT … FROM gold.user_features VERSION AS OF 3``,
+    ``DESCRIBE HISTORY bronze.events_raw``.
+    """
     from pyspark.errors import AnalysisException, ParseException
 
     settings = _settings(env)
     spark = _spark(settings)
-    views = Catalog.for_settings(settings).register_views(spark)
-    rewritten = rewrite_table_names(query, views)
+    views = Catalog.for_settings(settings).register_all(spark)
     try:
-        frame = spark.sql(rewritten)
+        frame = spark.sql(query)
         rows = frame.limit(limit + 1).collect()
     except (AnalysisException, ParseException) as exc:
         known = ", ".join(sorted(views)) or "none yet; run `lakehouse demo` or a job first"
@@ -861,13 +901,6 @@ def sql(
     out.print(table)
     if truncated:
         out.print(f"(first {limit} rows; use --limit for more)")
-
-
-def rewrite_table_names(query: str, views: dict[str, str]) -> str:
-    """Let users write ``bronze.events_raw``: map logical names to their registered views."""
-    for name, view in views.items():
-        query = re.sub(rf"(?<![\w.`]){re.escape(name)}(?![\w`])", view, query)
-    return query
 
 
 # -- contracts --------------------------------------------------------------------------------
@@ -1063,7 +1096,9 @@ def snapshot_create(
     validator = (
         gold_snapshot_validator(_spark(settings), settings, catalog, name) if validate else None
     )
-    snap = Snapshots(catalog).create(name, tables or list(DEFAULT_SNAPSHOT_TABLES), note, validator)
+    snap = Snapshots(catalog).create(
+        name, tables or list(DEFAULT_SNAPSHOT_TABLES), note, validator, spark=_spark(settings)
+    )
     _print_snapshot(snap, as_json)
 
 
@@ -1105,7 +1140,8 @@ def snapshot_delete(
     """Forget a snapshot (its versions are no longer protected from VACUUM)."""
     from pipelines.lake.snapshots import Snapshots
 
-    Snapshots(Catalog.for_settings(_settings(env))).delete(name)
+    settings = _settings(env)
+    Snapshots(Catalog.for_settings(settings)).delete(name, spark=_spark(settings))
     out.print(f"snapshot {name} deleted")
 
 
@@ -1146,8 +1182,10 @@ def maintain_cmd(
     """OPTIMIZE (compact small files) and VACUUM every table; files pinned snapshots need stay."""
     from pipelines.lake.maintenance import maintain
 
+    settings = _settings(env)
     report = maintain(
-        Catalog.for_settings(_settings(env)),
+        _spark(settings),
+        Catalog.for_settings(settings),
         tables,
         retention_hours=retention_hours,
         dry_run=dry_run,
@@ -1667,7 +1705,7 @@ def bench_bronze_cmd(
     env: EnvOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Bronze events/s vs a plain confluent-kafka drain of the same data, in one run."""
+    """Bronze events/s vs Spark's own Kafka read and a plain consumer drain, in one run."""
     from pipelines.benchmarks.bronze import bench_bronze
 
     settings = _settings(env)
@@ -1680,11 +1718,12 @@ def bench_bronze_cmd(
     )
     keys = (
         "raw_drain_events_per_s",
+        "spark_read_events_per_s",
         "bronze_events_per_s",
+        "ratio_bronze_to_spark_read",
         "ratio_bronze_to_raw",
         "micro_batches",
         "delta_write_ms_per_batch",
-        "collect_ms_per_batch",
         "delta_commit_overhead_ms",
         "complete",
     )
@@ -1864,4 +1903,4 @@ def main() -> None:
     app()
 
 
-__all__ = ["app", "main", "rewrite_table_names"]
+__all__ = ["app", "main"]

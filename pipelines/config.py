@@ -130,6 +130,34 @@ class StorageSettings(_Model):
     def remote(self) -> bool:
         return self.root.startswith(REMOTE_SCHEMES)
 
+    def s3a_options(self) -> dict[str, str]:
+        """Hadoop S3A options serving this root's ``s3://`` paths ({} for other roots).
+
+        Set as ``spark.hadoop.*`` when a local session starts and as session confs when a job
+        binds a catalog to a running session (``Catalog.bind``). Secrets are revealed only here.
+        """
+        if not self.root.startswith("s3://"):
+            return {}
+        s3 = self.s3
+        conf = {
+            "fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+            "fs.s3a.endpoint.region": s3.region,
+        }
+        if s3.endpoint_url:
+            conf["fs.s3a.endpoint"] = s3.endpoint_url
+            conf["fs.s3a.path.style.access"] = "true"
+            if s3.endpoint_url.startswith("http://"):
+                conf["fs.s3a.connection.ssl.enabled"] = "false"
+        if s3.access_key_id is not None and s3.secret_access_key is not None:
+            conf["fs.s3a.access.key"] = s3.access_key_id.get_secret_value()
+            conf["fs.s3a.secret.key"] = s3.secret_access_key.get_secret_value()
+            provider = "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
+            if s3.session_token is not None:
+                conf["fs.s3a.session.token"] = s3.session_token.get_secret_value()
+                provider = "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider"
+            conf["fs.s3a.aws.credentials.provider"] = provider
+        return conf
+
     def delta_options(self) -> dict[str, str]:
         """delta-rs storage options for this root ({} for local storage)."""
         return self.s3.delta_options() if self.root.startswith("s3://") else {}
@@ -226,11 +254,10 @@ class KafkaSettings(_Model):
     )
     topics: KafkaTopics = KafkaTopics()
     embedded_partitions: int = Field(
-        default=16,
+        default=4,
         ge=1,
         le=256,
-        description="Partitions per topic on the embedded broker; each keeps about 5 MB of "
-        "compressed batches, so more partitions hold more data.",
+        description="Partitions per configured topic on the embedded broker.",
     )
     producer: KafkaProducerSettings = KafkaProducerSettings()
     consumer: KafkaConsumerSettings = KafkaConsumerSettings()
@@ -309,8 +336,18 @@ class QualitySettings(_Model):
         return value
 
 
-class SilverSettings(_Model):
-    max_rows_per_trigger: int | None = Field(default=200_000, ge=1)
+class ChangeFeedTrigger(_Model):
+    """How much of a Delta table's change feed one micro-batch reads (Delta's own caps)."""
+
+    max_files_per_trigger: int | None = Field(
+        default=1000, ge=1, description="Data files per micro-batch (Delta's default: 1000)."
+    )
+    max_bytes_per_trigger: str | None = Field(
+        default=None, description="A soft cap in bytes per micro-batch, e.g. '512m'."
+    )
+
+
+class SilverSettings(ChangeFeedTrigger):
     session_gap: str = "30 minutes"
 
     @field_validator("session_gap")
@@ -318,20 +355,6 @@ class SilverSettings(_Model):
     def _is_duration(cls, value: str) -> str:
         parse_duration(value)
         return value
-
-
-class EngineSettings(_Model):
-    """Which adapter moves data in and out of Spark (see ARCHITECTURE.md, 'Engines')."""
-
-    delta: Literal["delta-rs", "delta-spark"] = Field(
-        default="delta-rs",
-        description="delta-rs (embedded, pip only) or delta-spark (cluster: needs its jars).",
-    )
-    kafka: Literal["python", "native"] = Field(
-        default="python",
-        description="python (confluent-kafka data source) or native (Spark's format('kafka'): "
-        "needs the spark-sql-kafka jars).",
-    )
 
 
 class SparkSettings(_Model):
@@ -351,8 +374,7 @@ class DemoSettings(_Model):
     seed: int = 42
 
 
-class GoldSettings(_Model):
-    max_rows_per_trigger: int | None = Field(default=200_000, ge=1)
+class GoldSettings(ChangeFeedTrigger):
     on_suite_failure: Literal["stop", "continue"] = Field(
         default="stop",
         description="A candidate batch that fails its gold suite is never published; 'stop' "
@@ -526,7 +548,6 @@ class Settings(_Model):
     storage: StorageSettings = StorageSettings()
     kafka: KafkaSettings = KafkaSettings()
     streaming: StreamingSettings = StreamingSettings()
-    engines: EngineSettings = EngineSettings()
     spark: SparkSettings = SparkSettings()
     quality: QualitySettings = QualitySettings()
     silver: SilverSettings = SilverSettings()
@@ -543,6 +564,16 @@ class Settings(_Model):
     @property
     def rules_dir(self) -> Path:
         return Path(self.conf_dir) / self.quality.rules_dir
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_engine_choice(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "engines" in data:
+            raise ValueError(
+                "engines: there is one engine now (delta-spark and Spark's Kafka connector, "
+                "the same locally and on a cluster); remove the engines section from the config"
+            )
+        return data
 
 
 def load_settings(

@@ -182,6 +182,7 @@ def run_demo(
         DEFAULT_SNAPSHOT_TABLES,
         "created by lakehouse demo",
         gold_snapshot_validator(spark, settings, catalog, DEMO_SNAPSHOT),
+        spark=spark,
     )
     hooks.stage("training the recommender from snapshot 'demo' (MLflow, registry, champion)")
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """``lakehouse doctor``: is this machine and this environment able to run the jobs?
 
 Each check says what it looked at and, when it fails, the fix. Checks that need a JVM (Spark and
-the cluster adapters' jars) can be skipped for a quick look.
+its connectors) can be skipped for a quick look.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def run_checks(
     if spark:
         session, spark_check = check_spark(settings, spark_factory)
         checks.append(spark_check)
-    checks += check_adapters(settings, session)
+    checks += check_jars(settings, session)
     checks.append(check_broker(settings, kafka_timeout_s))
     checks += check_storage(settings)
     checks.append(check_mlflow(settings))
@@ -107,52 +107,42 @@ def check_spark(settings: Settings, factory: Callable[[Settings], Any] | None) -
     return session, Check("spark", "ok", f"pyspark {version}, master {session.sparkContext.master}")
 
 
-def check_adapters(settings: Settings, session: Any) -> list[Check]:
-    """The configured Delta and Kafka adapters load (cluster ones need their jars)."""
-    checks = []
-    engines = settings.engines
-    statuses: dict[str, Any] = {}
-    if session is not None:
-        from pipelines.spark import adapter_availability
+def check_jars(settings: Settings, session: Any) -> list[Check]:
+    """The pinned JVM jars: each set resolved (``.jars/``), and each connector loading in the
+    session (on a cluster, the runtime's own connectors)."""
+    from pipelines.jvm import JAR_SETS, JarsMissingError, jar_set
 
-        statuses = adapter_availability(session)
-    for port, chosen, cluster in (
-        ("delta adapter", engines.delta, "delta-spark"),
-        ("kafka adapter", engines.kafka, "kafka-native"),
-    ):
-        if chosen in ("delta-rs", "python"):
-            package = "deltalake" if chosen == "delta-rs" else "confluent-kafka"
-            version = importlib.metadata.version(package)
-            checks.append(Check(port, "ok", f"{chosen} ({package} {version}), embedded"))
-        elif session is None:
-            checks.append(
-                Check(
-                    port,
-                    "warn",
-                    f"{chosen}: not checked (Spark skipped)",
-                    "run without --skip-spark",
-                )
+    checks = []
+    local = settings.spark.master.startswith("local")
+    for name, coordinates in JAR_SETS.items():
+        if name == "spark" and not local:
+            checks.append(Check("jars: spark", "ok", "cluster master: the cluster's own jars"))
+            continue
+        try:
+            jars = jar_set(name)
+        except JarsMissingError as exc:
+            checks.append(Check(f"jars: {name}", "fail", str(exc).split(";")[0], str(exc)))
+            continue
+        size = sum(j.stat().st_size for j in jars.jars) / 1e6
+        checks.append(
+            Check(
+                f"jars: {name}",
+                "ok",
+                f"{len(jars.jars)} jars ({size:.0f} MB) in {jars.folder} for "
+                f"{', '.join(coordinates)}",
             )
-        else:
-            available, reason = statuses[cluster]
-            checks.append(
-                Check(
-                    port,
-                    "ok" if available else "fail",
-                    f"{chosen}: {reason}",
-                    "" if available else reason,
-                )
-            )
-        if chosen in ("delta-rs", "python") and cluster in statuses:
-            available, reason = statuses[cluster]
-            checks.append(
-                Check(
-                    f"{cluster} (not selected)",
-                    "ok" if available else "warn",
-                    reason,
-                    "" if available else f"only needed with engines.* set to {cluster}",
-                )
-            )
+        )
+    if session is None:
+        checks.append(
+            Check("connectors", "warn", "not checked (Spark skipped)", "run without --skip-spark")
+        )
+        return checks
+    from pipelines.spark import connector_status
+
+    for connector, (available, reason) in connector_status(session).items():
+        checks.append(
+            Check(connector, "ok" if available else "fail", reason, "" if available else reason)
+        )
     return checks
 
 

@@ -318,6 +318,7 @@ def maintain(env: str, retention_hours: float | str = 168, dry_run: bool | str =
     settings = settings_for(env)
     hours, dry = _number("retention_hours", retention_hours), _flag("dry_run", dry_run)
     report = maintain_tables(
+        _spark(settings),
         Catalog.for_settings(settings),
         retention_hours=168 if hours is None else hours,
         dry_run=dry,
@@ -382,10 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Failures whose message says what to fix: one line, not a traceback."""
     from pipelines.contracts import ContractError
+    from pipelines.jvm import JarsMissingError
+    from pipelines.lake.catalog import CatalogConflictError
     from pipelines.lake.maintenance import MaintenanceError
     from pipelines.quality.expectations import QualityConfigError
     from pipelines.streaming.kafka import KafkaUnavailableError
-    from pipelines.streaming.kafka_source import KafkaSourceError
     from pipelines.streaming.queries import StreamingJobError
     from pipelines.training.point_in_time import LeakageError
 
@@ -397,7 +399,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
         MaintenanceError,
         LeakageError,
         KafkaUnavailableError,
-        KafkaSourceError,
+        JarsMissingError,
+        CatalogConflictError,
         StreamingJobError,
         AccountingBrokenError,
     )
@@ -451,7 +454,9 @@ def _create_snapshot(spark: SparkSession, settings: Settings, name: str) -> str:
         if settings.quality.great_expectations.enabled
         else None
     )
-    Snapshots(catalog).create(name, DEFAULT_SNAPSHOT_TABLES, "created by the train job", validator)
+    Snapshots(catalog).create(
+        name, DEFAULT_SNAPSHOT_TABLES, "created by the train job", validator, spark=spark
+    )
     return name
 
 

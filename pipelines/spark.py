@@ -1,15 +1,14 @@
 """The one place a SparkSession is built.
 
 Everything else receives the session as an argument. Locally the session binds to 127.0.0.1,
-keeps the UI off, uses UTC, and runs Python workers with this interpreter so they can import
-``pipelines``, ``confluent_kafka`` and ``deltalake``.
+keeps the UI off, uses UTC, runs Python workers with this interpreter, and loads the project's
+pinned connector jars (delta-spark, spark-sql-kafka, hadoop-aws: ``pipelines.jvm``, resolved
+once by ``make``) from ``.jars/spark``; nothing is downloaded when a session starts. On Databricks
+``getOrCreate`` returns the cluster's session, where Delta and Kafka are built in.
 
-The cluster adapters (``engines.delta: delta-spark``, ``engines.kafka: native``) need JVM
-connectors. A local session selecting one gets its Maven coordinates in ``spark.jars.packages``
-(fetched from Maven Central when the JVM starts) unless ``spark.conf`` already provides
-``spark.jars``/``spark.jars.packages``; the default adapters need nothing, so the default session
-never downloads anything. On Databricks ``getOrCreate`` returns the cluster's session, where both
-connectors are built in. ``adapter_availability`` says whether a running session can load them.
+Every session built here has Delta's SQL extension and catalog, and registers the lake's tables
+under their logical names (``bronze.events_raw``, ``silver.events``, ``gold.user_features`` …), so
+``spark.table("silver.events")`` and ``SELECT … VERSION AS OF 3`` work directly.
 """
 
 from __future__ import annotations
@@ -22,33 +21,17 @@ from typing import NamedTuple
 from pyspark.sql import SparkSession
 
 from pipelines.config import Settings
+from pipelines.jvm import PROBE_CLASSES, jar_set
+from pipelines.lake.catalog import Catalog
 
 _LOG4J = Path(__file__).with_name("log4j2.properties")
 
-DELTA_SPARK_PACKAGE = "io.delta:delta-spark_2.13:4.4.1"  # pulls io.delta:delta-storage:4.4.1
-KAFKA_PACKAGE = "org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0"
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 
-# Adapter name -> (a JVM class it needs, the Maven package providing it, the jars to list in
-# spark.jars when Maven is out of reach).
-_CLUSTER_ADAPTERS = {
-    "delta-spark": (
-        "io.delta.tables.DeltaTable",
-        DELTA_SPARK_PACKAGE,
-        "delta-spark_2.13-4.4.1.jar and delta-storage-4.4.1.jar",
-    ),
-    "kafka-native": (
-        "org.apache.spark.sql.kafka010.KafkaSourceProvider",
-        KAFKA_PACKAGE,
-        "spark-sql-kafka-0-10_2.13-4.2.0.jar, spark-token-provider-kafka-0-10_2.13-4.2.0.jar, "
-        "kafka-clients and commons-pool2",
-    ),
-}
 
-
-class AdapterStatus(NamedTuple):
-    """Whether a cluster adapter's JVM classes load in a session, and why (or how to fix it)."""
+class ConnectorStatus(NamedTuple):
+    """Whether a connector's JVM classes load in a session, and why (or how to fix it)."""
 
     available: bool
     reason: str
@@ -63,6 +46,7 @@ def build_spark(settings: Settings, app_name: str | None = None) -> SparkSession
         session = SparkSession.builder.getOrCreate()
         for key, value in spark_settings.conf.items():
             session.conf.set(key, value)
+        Catalog.for_settings(settings).register_all(session)
         return session
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -75,6 +59,7 @@ def build_spark(settings: Settings, app_name: str | None = None) -> SparkSession
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(spark_settings.log_level)
+    Catalog.for_settings(settings).register_all(spark)
     return spark
 
 
@@ -105,65 +90,71 @@ def session_conf(settings: Settings) -> dict[str, str]:
                 "spark.ui.showConsoleProgress": "false",
                 "spark.driver.host": "127.0.0.1",
                 "spark.driver.bindAddress": "127.0.0.1",
-                "spark.sql.warehouse.dir": str(
-                    Path(settings.storage.resolved().root) / "_warehouse"
+                # File listings (VACUUM, partition discovery) use this many tasks, not 10,000.
+                "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(
+                    spark_settings.shuffle_partitions
                 ),
+                "spark.sql.warehouse.dir": f"{settings.storage.resolved().root}/_warehouse",
             }
         )
-    if settings.engines.delta == "delta-spark":
-        conf["spark.sql.extensions"] = DELTA_EXTENSION
-        conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
-    packages = cluster_packages(settings)
-    if packages:
-        conf["spark.jars.packages"] = ",".join(packages)
+    conf["spark.sql.extensions"] = DELTA_EXTENSION
+    conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
+    # Delta reads a table's log with this many tasks (default 50): far too many for small
+    # local tables, where it dominates every commit.
+    conf["spark.databricks.delta.snapshotPartitions"] = str(spark_settings.shuffle_partitions)
+    jars = connector_jars(settings)
+    if jars:
+        conf["spark.jars"] = ",".join(jars)
+    conf.update(s3a_conf(settings))
     conf.update(spark_settings.conf)
     return conf
 
 
-def cluster_packages(settings: Settings) -> list[str]:
-    """Maven coordinates a local session needs for the selected cluster adapters.
+def connector_jars(settings: Settings) -> list[str]:
+    """The jar files a local session adds to pyspark's own (``.jars/spark``).
 
-    Empty for the default adapters, for a non-local master (the cluster provides its jars) and
-    when ``spark.conf`` already sets ``spark.jars`` or ``spark.jars.packages`` (the operator has
-    chosen the jars).
+    Empty for a non-local master (the cluster provides its jars) and when ``spark.conf`` already
+    sets ``spark.jars`` or ``spark.jars.packages`` (the operator has chosen the jars).
+
+    Raises:
+        JarsMissingError: the jars were never resolved (the message names the command).
     """
     user_conf = settings.spark.conf
     if not _is_local(settings) or "spark.jars" in user_conf or "spark.jars.packages" in user_conf:
         return []
-    packages = []
-    if settings.engines.delta == "delta-spark":
-        packages.append(DELTA_SPARK_PACKAGE)
-    if settings.engines.kafka == "native":
-        packages.append(KAFKA_PACKAGE)
-    return packages
+    return [str(jar) for jar in jar_set("spark").jars]
 
 
-def adapter_availability(spark: SparkSession) -> dict[str, AdapterStatus]:
-    """Whether each cluster adapter's JVM classes load in ``spark``.
+def s3a_conf(settings: Settings) -> dict[str, str]:
+    """Hadoop's S3A filesystem for an ``s3://`` storage root, as session confs (local only).
 
-    Returns ``{"delta-spark": AdapterStatus, "kafka-native": AdapterStatus}``; each status is an
-    ``(available, reason)`` tuple whose reason names the class checked and, when it is missing,
-    the fix. Nothing is downloaded and no query is run.
+    ``s3://`` paths are served by S3A (Databricks maps them itself), with the endpoint, region
+    and credentials of ``storage.s3``; without keys, S3A's default provider chain applies.
     """
+    if not _is_local(settings):
+        return {}
+    return {f"spark.hadoop.{k}": v for k, v in settings.storage.s3a_options().items()}
+
+
+def connector_status(spark: SparkSession) -> dict[str, ConnectorStatus]:
+    """Whether each connector's JVM classes (delta-spark, spark-sql-kafka, hadoop-aws) load in
+    ``spark``; each status's reason names the class checked and, when missing, the fix."""
     out = {}
-    for adapter, (class_name, package, jars) in _CLUSTER_ADAPTERS.items():
+    for connector, class_name in PROBE_CLASSES["spark"].items():
         loadable = class_loadable(spark, class_name)
         if loadable is None:
-            out[adapter] = AdapterStatus(
+            out[connector] = ConnectorStatus(
                 False,
                 f"cannot check for {class_name}: the session has no JVM gateway (Spark "
                 "Connect); the cluster must provide the connector (Databricks does)",
             )
         elif loadable:
-            out[adapter] = AdapterStatus(True, f"{class_name} is on the classpath")
+            out[connector] = ConnectorStatus(True, f"{class_name} is on the classpath")
         else:
-            name = adapter.replace("kafka-native", "spark-sql-kafka")
-            out[adapter] = AdapterStatus(
+            out[connector] = ConnectorStatus(
                 False,
-                f"{name} jars are not on the classpath ({class_name} does not load): run where "
-                f"Maven Central is reachable (a local session then fetches {package} through "
-                f"spark.jars.packages) or on Databricks, or set spark.conf spark.jars to the jar "
-                f"files ({jars})",
+                f"{connector} is not on the classpath ({class_name} does not load): run "
+                "`make install` (resolves .jars/spark) or, on a cluster, install the connector",
             )
     return out
 

@@ -66,7 +66,10 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
 
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[EmbeddedKafka]:
-    with EmbeddedKafka() as broker:
+    """One Apache Kafka broker (a JVM, ~5 s to start) for the whole session. Test topics are
+    created on first produce with 4 partitions: enough to exercise multi-partition reads, few
+    enough to keep Spark's tasks per micro-batch low on two cores."""
+    with EmbeddedKafka(partitions=4) as broker:
         yield broker
 
 

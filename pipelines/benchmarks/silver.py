@@ -1,7 +1,7 @@
 """``lakehouse bench silver``: the silver gate against a parse-only query over the same bronze data.
 
 All in one run, over the same pre-filled ``bronze.events_raw`` (one Delta version per micro-batch,
-``silver.max_rows_per_trigger`` rows each, ~2 % bad events):
+``ROWS_PER_VERSION`` rows each, read one version per micro-batch, ~2 % bad events):
 
 (a) parse-only baseline: the bronze change feed parsed with the contract's Spark schema
     (``parsed_events``), materialised and discarded — no gate, no dedup, no sink;
@@ -32,10 +32,12 @@ from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import BRONZE_EVENTS_RAW
 from pipelines.silver.events import parsed_events
 from pipelines.silver.job import run_silver, silver_suite_validator
-from pipelines.streaming.delta_sink import DeltaAppender
 from pipelines.streaming.queries import await_query
+from pipelines.streaming.sinks import table_writer
 from pipelines.streaming.sources import delta_stream
 from pipelines.synthetic.clickstream import ClickstreamGenerator
+
+ROWS_PER_VERSION = 200_000
 
 
 def bench_silver(
@@ -49,19 +51,23 @@ def bench_silver(
 ) -> dict[str, Any]:
     """Run the benchmark and return its figures."""
     root = Path(workdir or tempfile.mkdtemp(prefix="lakehouse-bench-silver-")).resolve()
-    per_batch = settings.silver.max_rows_per_trigger or 100_000
+    per_batch = ROWS_PER_VERSION
     lakes = {name: _with_root(settings, root / name) for name in ("warmup", "silver", "gx")}
 
+    stage("starting Spark (excluded from timings)")
+    spark = spark_factory(settings)
     stage(f"pre-filling bronze: {events:,} events, {bad_fraction:.0%} bad, {per_batch:,}/version")
     generated = _generated_bronze(events, bad_fraction)
     for name in ("silver", "gx"):
-        prefill_bronze(Catalog(lakes[name].storage), generated, per_batch)
+        prefill_bronze(spark, Catalog.for_settings(lakes[name]), generated, per_batch)
     prefill_bronze(
-        Catalog(lakes["warmup"].storage), generated.slice(0, min(events, 20_000)), per_batch
+        spark,
+        Catalog.for_settings(lakes["warmup"]),
+        generated.slice(0, min(events, 20_000)),
+        per_batch,
     )
 
-    stage("starting Spark and warming up (excluded from timings)")
-    spark = spark_factory(settings)
+    stage("warming up (excluded from timings)")
     available_now = TriggerSettings(mode="available-now")
     run_silver(spark, lakes["warmup"], trigger=available_now)
     _parse_only(spark, lakes["warmup"], root / "warmup-parse")
@@ -112,11 +118,12 @@ def bench_silver(
     }
 
 
-def prefill_bronze(catalog: Catalog, rows: pa.Table, per_version: int) -> None:
-    """Append ``rows`` (bronze-shaped) in commits of ``per_version`` rows."""
-    appender = DeltaAppender(catalog, BRONZE_EVENTS_RAW)
+def prefill_bronze(spark: SparkSession, catalog: Catalog, rows: pa.Table, per_version: int) -> None:
+    """Append ``rows`` (bronze-shaped) in commits of ``per_version`` rows, one file each."""
+    writer = table_writer(catalog, BRONZE_EVENTS_RAW)
     for batch_id, start in enumerate(range(0, rows.num_rows, per_version)):
-        appender.append(rows.slice(start, per_version), "bench-prefill", batch_id)
+        frame = spark.createDataFrame(rows.slice(start, per_version), BRONZE_EVENTS_RAW.schema)
+        writer.append_frame(frame.coalesce(1), "bench-prefill", batch_id)
 
 
 def _generated_bronze(events: int, bad_fraction: float) -> pa.Table:
@@ -151,7 +158,8 @@ def _parse_only(spark: SparkSession, settings: Settings, checkpoint: Path) -> No
             spark,
             catalog,
             BRONZE_EVENTS_RAW.name,
-            max_rows_per_trigger=settings.silver.max_rows_per_trigger,
+            max_files_per_trigger=settings.silver.max_files_per_trigger,
+            max_bytes_per_trigger=settings.silver.max_bytes_per_trigger,
         )
         .writeStream.foreachBatch(materialise)
         .option("checkpointLocation", str(checkpoint))
@@ -162,10 +170,7 @@ def _parse_only(spark: SparkSession, settings: Settings, checkpoint: Path) -> No
 
 
 def _with_root(settings: Settings, root: Path) -> Settings:
-    silver = SilverSettings(
-        max_rows_per_trigger=settings.silver.max_rows_per_trigger,
-        session_gap=settings.silver.session_gap,
-    )
+    silver = SilverSettings(max_files_per_trigger=1, session_gap=settings.silver.session_gap)
     return settings.model_copy(
         update={"storage": StorageSettings(root=str(root)), "silver": silver}
     )

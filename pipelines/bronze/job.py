@@ -12,7 +12,7 @@ from pipelines.bronze.events_raw import bronze_events_raw
 from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import BRONZE_EVENTS_RAW
-from pipelines.streaming.delta_sink import BatchWriteStats
+from pipelines.streaming.delta import BatchWriteStats
 from pipelines.streaming.kafka import check_reachable, client_config
 from pipelines.streaming.queries import await_query, start_table_stream
 from pipelines.streaming.sinks import append_handler, ensure_table

@@ -45,7 +45,7 @@ from pipelines.lake.tables import (
     SILVER_SESSIONS,
     TableSpec,
 )
-from pipelines.streaming.delta_sink import BatchHandler, conform, query_id_from_checkpoint
+from pipelines.streaming.delta import BatchHandler, conform, query_id_from_checkpoint
 from pipelines.streaming.queries import StepClock, await_query, start_table_stream
 from pipelines.streaming.sinks import ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
@@ -251,7 +251,11 @@ def start_gold(
         publish_every=parse_duration(settings.gold.publish_every),
     )
     source = delta_stream(
-        spark, catalog, SILVER_EVENTS.name, max_rows_per_trigger=settings.gold.max_rows_per_trigger
+        spark,
+        catalog,
+        SILVER_EVENTS.name,
+        max_files_per_trigger=settings.gold.max_files_per_trigger,
+        max_bytes_per_trigger=settings.gold.max_bytes_per_trigger,
     )
     query = start_table_stream(
         source,

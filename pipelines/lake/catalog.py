@@ -1,12 +1,15 @@
-"""The table catalog: logical names -> Delta locations, creation, inspection and Spark reads.
+"""The table catalog: logical names -> Delta locations, Spark catalog registration, inspection.
 
-Tables are written by delta-rs and follow the open Delta protocol. Spark reads a version of a
-table scalably: delta-rs resolves the exact file list of that version from the log, and Spark's
-own Parquet reader reads those files (partition values come from the paths).
+Tables are written by delta-spark (``pipelines.streaming.delta``) under
+``<storage root>/tables/<layer>/<table>`` and registered in the Spark catalog under their logical
+names (schemas ``bronze``, ``silver``, ``gold``, ``quality``, ``lake``, ``monitoring``) as
+external tables, so SQL uses the names directly. Small metadata reads and Arrow reads outside
+Spark (``info``, ``history``, ``read_arrow``) use delta-rs as a reader; it never writes.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+from delta.tables import DeltaTable as SparkDeltaTable
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 from pyspark.sql import DataFrame, SparkSession
@@ -53,22 +57,17 @@ class Catalog:
     """Resolves and manages the lake's tables under ``<storage root>/tables``."""
 
     def __init__(
-        self,
-        storage: StorageSettings,
-        storage_options: dict[str, str] | None = None,
-        *,
-        engine: str = "delta-rs",
+        self, storage: StorageSettings, storage_options: dict[str, str] | None = None
     ) -> None:
         self.storage = storage.resolved()
         self.storage_options = (
             storage_options if storage_options is not None else self.storage.delta_options()
         )
-        self.engine = engine
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Catalog:
-        """The catalog of an environment: its storage, storage options and Delta engine."""
-        return cls(settings.storage, engine=settings.engines.delta)
+        """The catalog of an environment: its storage and storage options."""
+        return cls(settings.storage)
 
     def location(self, name: str) -> str:
         spec = table_spec(name)
@@ -82,22 +81,6 @@ class Catalog:
         return bool(
             DeltaTable.is_deltatable(self.location(name), storage_options=self.storage_options)
         )
-
-    def ensure(self, spec: TableSpec) -> DeltaTable:
-        """Open the table, creating it (schema, partitioning, change data feed) if missing."""
-        location = self.location(spec.name)
-        if not DeltaTable.is_deltatable(location, storage_options=self.storage_options):
-            DeltaTable.create(
-                location,
-                schema=spec.arrow_schema,
-                mode="ignore",
-                partition_by=list(spec.partition_by) or None,
-                name=spec.name,
-                description=spec.description,
-                configuration=spec.configuration,
-                storage_options=self.storage_options,
-            )
-        return DeltaTable(location, storage_options=self.storage_options)
 
     def delta_table(self, name: str, version: int | None = None) -> DeltaTable:
         spec = table_spec(name)
@@ -137,7 +120,9 @@ class Catalog:
         return [self.info(name) for name in sorted(TABLES)]
 
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
-        return list(self.delta_table(name).history(limit))
+        """Commits newest first; the JSON ``userMetadata`` our writers stamp (app id, batch id,
+        the job's own keys) is unpacked into each entry."""
+        return [_unpacked(commit) for commit in self.delta_table(name).history(limit)]
 
     def read(
         self,
@@ -153,28 +138,13 @@ class Catalog:
         """
         spec = table_spec(name)
         columns = [f.name for f in spec.schema.fields]
-        if self.engine == "delta-spark":
-            # The cluster adapter: Spark's own Delta reader (jars from the cluster/Maven).
-            reader = spark.read.format("delta")
-            if version is not None:
-                reader = reader.option("versionAsOf", version)
-            frame = reader.load(self.location(name))
-            for column, op, value in partitions or []:
-                frame = frame.filter(_partition_filter(column, op, value))
-            return frame.select(*columns)
-        dt = self.delta_table(name, version)
-        files = dt.file_uris(file_pruning_predicate=partitions) if partitions else dt.file_uris()
-        if not files:
-            return spark.createDataFrame([], spec.schema)
-        if self.storage.remote:
-            # Spark has no s3:// filesystem without hadoop-aws (a Maven jar); the embedded
-            # engine reads object storage through delta-rs/Arrow instead. Clusters use
-            # engines.delta: delta-spark with their s3a filesystem.
-            data = self.read_arrow(name, version=version, partitions=partitions)
-            return spark.createDataFrame(data, schema=spec.schema).select(*columns)
-        frame = (
-            spark.read.schema(spec.schema).option("basePath", self.location(name)).parquet(*files)
-        )
+        self.bind(spark)
+        reader = spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        frame = reader.load(self.location(name))
+        for column, op, value in partitions or []:
+            frame = frame.filter(_partition_filter(column, op, value))
         return frame.select(*columns)
 
     def read_arrow(
@@ -238,14 +208,103 @@ class Catalog:
         filesystem, _ = pafs.FileSystem.from_uri(root)
         return filesystem
 
-    def register_views(self, spark: SparkSession) -> dict[str, str]:
-        """Register every existing table as a temp view; returns logical name -> view name."""
-        registered = {}
-        for name, spec in sorted(TABLES.items()):
-            if self.exists(name):
-                self.read(spark, name).createOrReplaceTempView(spec.view_name)
-                registered[name] = spec.view_name
-        return registered
+    def bind(self, spark: SparkSession) -> None:
+        """Point ``spark``'s S3A filesystem at this catalog's object storage (session confs, so
+        one session can serve several storage roots); nothing for local roots."""
+        for key, value in self.storage.s3a_options().items():
+            spark.conf.set(key, value)
+
+    def ensure(self, spark: SparkSession, spec: TableSpec) -> None:
+        """Create ``spec``'s table at its location if missing (schema, partitioning, properties:
+        change data feed on) and register it in the Spark catalog under its logical name."""
+        location = self.location(spec.name)
+        self.bind(spark)
+        if not SparkDeltaTable.isDeltaTable(spark, location):
+            builder = (
+                SparkDeltaTable.createIfNotExists(spark).location(location).addColumns(spec.schema)
+            )
+            if spec.description:
+                builder = builder.comment(spec.description)
+            if spec.partition_by:
+                builder = builder.partitionedBy(*spec.partition_by)
+            for key, value in spec.configuration.items():
+                builder = builder.property(key, value)
+            builder.execute()
+        self.register(spark, spec.name)
+
+    def register(self, spark: SparkSession, name: str) -> None:
+        """Register the existing table ``name`` in ``spark``'s catalog at its location.
+
+        The name is an external table (``CREATE TABLE … USING delta LOCATION``); a name left
+        registered at another location (another storage root in the same session) is re-pointed.
+        A managed table of the same name is never dropped.
+
+        Raises:
+            CatalogConflictError: ``name`` is a managed table elsewhere.
+        """
+        location = self.location(name)
+        self.bind(spark)
+        registered = _registered(spark)
+        if registered.get(name) == location:
+            return
+        spec = table_spec(name)
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {spec.layer}")
+        if spark.catalog.tableExists(name):
+            if name not in registered:  # registered before this process (a shared metastore)
+                current = spark.sql(f"DESCRIBE DETAIL {name}").first()
+                if current is not None and _same_location(str(current["location"]), location):
+                    registered[name] = location
+                    return
+            if spark.catalog.getTable(name).tableType.upper() != "EXTERNAL":
+                raise CatalogConflictError(
+                    f"{name} is a managed table in the Spark catalog, not the lake's table at "
+                    f"{location}; drop or rename it, or use another storage.root"
+                )
+            spark.sql(f"DROP TABLE {name}")  # external: only the name goes, never the data
+        quoted = location.replace("\\", "\\\\").replace("'", "\\'")
+        spark.sql(f"CREATE TABLE {name} USING delta LOCATION '{quoted}'")
+        registered[name] = location
+
+    def register_all(self, spark: SparkSession) -> list[str]:
+        """Register every table that exists under this storage root; returns their names."""
+        names = [name for name in sorted(TABLES) if self.exists(name)]
+        for name in names:
+            self.register(spark, name)
+        return names
+
+
+class CatalogConflictError(RuntimeError):
+    """A lake table's logical name is taken by another table in the Spark catalog."""
+
+
+# Spark application id -> logical name -> location registered by this process.
+_REGISTRATIONS: dict[str, dict[str, str]] = {}
+
+
+def _registered(spark: SparkSession) -> dict[str, str]:
+    try:
+        key = spark.sparkContext.applicationId
+    except Exception:  # Spark Connect: no SparkContext; one registry per session object
+        key = str(id(spark))
+    return _REGISTRATIONS.setdefault(key, {})
+
+
+def _unpacked(commit: dict[str, Any]) -> dict[str, Any]:
+    raw = commit.get("userMetadata")
+    if not isinstance(raw, str):
+        return commit
+    try:
+        stamp = json.loads(raw)
+    except ValueError:
+        return commit
+    return {**commit, **stamp} if isinstance(stamp, dict) else commit
+
+
+def _same_location(a: str, b: str) -> bool:
+    def norm(path: str) -> str:
+        return path.removeprefix("file:").removeprefix("//").rstrip("/")
+
+    return norm(a) == norm(b)
 
 
 def _partition_filter(column: str, op: str, value: Any) -> Any:

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from delta.tables import DeltaTable as SparkDeltaTable
 from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import LAKE_SNAPSHOTS, TABLES, UnknownTableError, table_spec
@@ -72,10 +74,13 @@ class Snapshots:
         tables: Sequence[str],
         note: str = "",
         validate: Validator | None = None,
+        *,
+        spark: SparkSession,
     ) -> Snapshot:
         """Pin the current version of each table under ``name``, in one Delta commit.
 
         Args:
+            spark: the session that writes ``lake.snapshots``.
             name: letters, digits, ``.``, ``_`` and ``-``; must not exist yet.
             tables: catalog names of existing tables.
             note: free text kept with the snapshot (why it was taken, by which run).
@@ -111,7 +116,7 @@ class Snapshots:
                 )
         created_at = datetime.now(tz=UTC)
         snapshot = Snapshot(name=name, versions=versions, created_at=created_at, note=note)
-        self._insert(snapshot)
+        self._insert(spark, snapshot)
         return snapshot
 
     def get(self, name: str) -> Snapshot:
@@ -124,14 +129,13 @@ class Snapshots:
         """Every snapshot, newest first."""
         return _snapshots_from_rows(self._rows())
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, *, spark: SparkSession) -> None:
         """Remove a snapshot (one commit); its versions become eligible for VACUUM."""
         _check_name(name)
         if name not in {s.name for s in self.list()}:
             raise SnapshotError(self._unknown(name))
-        DeltaTable(self.location, storage_options=self.catalog.storage_options).delete(
-            f"name = '{name}'"
-        )
+        self.catalog.bind(spark)
+        SparkDeltaTable.forPath(spark, self.location).delete(F.col("name") == F.lit(name))
 
     def pinned_versions(self) -> dict[str, set[int]]:
         """Table name -> every version some snapshot pins."""
@@ -161,7 +165,7 @@ class Snapshots:
             )
         return self.catalog.delta_table(table).version()
 
-    def _insert(self, snapshot: Snapshot) -> None:
+    def _insert(self, spark: SparkSession, snapshot: Snapshot) -> None:
         rows = pa.Table.from_pylist(
             [
                 {
@@ -175,38 +179,24 @@ class Snapshots:
             ],
             schema=LAKE_SNAPSHOTS.arrow_schema,
         )
+        self.catalog.ensure(spark, LAKE_SNAPSHOTS)
         # A MERGE that inserts only when no row has this name: one commit, and a concurrent
         # creator of the same name makes this insert nothing instead of mixing two snapshots.
+        source = spark.createDataFrame(rows, schema=LAKE_SNAPSHOTS.schema)
         metrics = (
-            self._ensure()
-            .merge(
-                source=rows,
-                predicate="target.name = source.name",
-                source_alias="source",
-                target_alias="target",
-            )
-            .when_not_matched_insert_all()
+            SparkDeltaTable.forPath(spark, self.location)
+            .alias("target")
+            .merge(source.alias("source"), "target.name = source.name")
+            .whenNotMatchedInsertAll()
             .execute()
+            .first()
         )
-        if metrics.get("num_target_rows_inserted") != rows.num_rows:
+        inserted = int(metrics["num_inserted_rows"]) if metrics is not None else -1
+        if inserted != rows.num_rows:
             raise SnapshotError(
                 f"snapshot {snapshot.name!r} was created concurrently by another process; "
                 "get() it or pick another name"
             )
-
-    def _ensure(self) -> DeltaTable:
-        options = self.catalog.storage_options
-        if not DeltaTable.is_deltatable(self.location, storage_options=options):
-            DeltaTable.create(
-                self.location,
-                schema=LAKE_SNAPSHOTS.arrow_schema,
-                mode="ignore",
-                name=LAKE_SNAPSHOTS.name,
-                description=LAKE_SNAPSHOTS.description,
-                configuration=LAKE_SNAPSHOTS.configuration,
-                storage_options=options,
-            )
-        return DeltaTable(self.location, storage_options=options)
 
     def _unknown(self, name: str) -> str:
         names = sorted(s.name for s in self.list())

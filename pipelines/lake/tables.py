@@ -1,7 +1,7 @@
 """Every table of the lake: logical name, schema, partitioning, description.
 
-Schemas here are the single definition of each table; the Arrow schema handed to delta-rs is
-derived from the Spark one.
+Schemas here are the single definition of each table; the Arrow schema (for reads outside Spark
+and for batches built in Python) is derived from the Spark one.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from pipelines.streaming.kafka_source import KAFKA_SOURCE_SCHEMA
-
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -47,11 +45,6 @@ class TableSpec:
     def short_name(self) -> str:
         return self.name.split(".", 1)[1]
 
-    @property
-    def view_name(self) -> str:
-        """The name the table is registered under in Spark SQL (``bronze_events_raw``)."""
-        return self.name.replace(".", "_")
-
     @cached_property
     def arrow_schema(self) -> pa.Schema:
         return to_arrow_schema(self.schema, timezone="UTC")
@@ -67,13 +60,22 @@ BRONZE_EVENTS_RAW = TableSpec(
     name="bronze.events_raw",
     schema=StructType(
         [
-            *(f for f in KAFKA_SOURCE_SCHEMA.fields if f.name != "timestamp"),
+            StructField("key", StringType(), True),
+            StructField("value", StringType(), True),
+            StructField("topic", StringType(), False),
+            StructField("partition", IntegerType(), False),
+            StructField("offset", LongType(), False),
             StructField("kafka_timestamp", TimestampType(), True),
             StructField("ingest_ts", TimestampType(), False),
             StructField("ingest_date", DateType(), False),
         ]
     ),
     partition_by=("ingest_date",),
+    # Statistics on the coordinates and times only: min/max of long raw payloads cost every
+    # write and skip nothing.
+    properties={
+        "delta.dataSkippingStatsColumns": "topic,partition,offset,kafka_timestamp,ingest_ts"
+    },
     description="Raw Kafka records, append-only: key, value as received, topic/partition/offset, "
     "broker timestamp and ingest time.",
 )

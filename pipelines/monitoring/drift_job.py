@@ -64,7 +64,7 @@ def check_drift(
         current_version=current_version,
         features=results,
     )
-    _record(catalog, report)
+    _record(spark, catalog, report)
     if retrain_on_drift and report.drifted:
         from pipelines.demo import DEFAULT_SNAPSHOT_TABLES
         from pipelines.gold.job import gold_snapshot_validator
@@ -76,6 +76,7 @@ def check_drift(
             DEFAULT_SNAPSHOT_TABLES,
             f"drift in {', '.join(report.drifted)}",
             gold_snapshot_validator(spark, settings, catalog, name),
+            spark=spark,
         )
         run = train(spark, settings, snapshot=name)
         report.retrained = {
@@ -108,8 +109,8 @@ def _champion_snapshot(settings: Settings) -> str:
     return str(snapshot)
 
 
-def _record(catalog: Catalog, report: DriftReport) -> None:
-    from deltalake import write_deltalake
+def _record(spark: SparkSession, catalog: Catalog, report: DriftReport) -> None:
+    from pipelines.streaming.sinks import table_writer
 
     rows = [
         {
@@ -128,10 +129,10 @@ def _record(catalog: Catalog, report: DriftReport) -> None:
         }
         for f in report.features
     ]
-    table = catalog.ensure(QUALITY_DRIFT_RESULTS)
-    write_deltalake(
-        table,
+    # One commit per check, keyed by its time: a retried write of the same report adds nothing.
+    table_writer(catalog, QUALITY_DRIFT_RESULTS).append(
         pa.Table.from_pylist(rows, schema=QUALITY_DRIFT_RESULTS.arrow_schema),
-        mode="append",
-        storage_options=catalog.storage_options,
+        f"{QUALITY_DRIFT_RESULTS.name}:{report.checked_at.isoformat()}",
+        0,
+        spark=spark,
     )

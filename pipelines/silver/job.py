@@ -47,7 +47,7 @@ from pipelines.silver.events import (
     parsed_events,
     split_batch,
 )
-from pipelines.streaming.delta_sink import BatchHandler, conform, query_id_from_checkpoint
+from pipelines.streaming.delta import BatchHandler, conform, query_id_from_checkpoint
 from pipelines.streaming.queries import StepClock, await_query, start_table_stream
 from pipelines.streaming.sinks import ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
@@ -154,6 +154,8 @@ def silver_batch_handler(
     return handle
 
 
+# The row-count expectation's upper bound: a silver micro-batch is a few bronze batches.
+SILVER_BATCH_ROW_BOUND = 10_000_000
 _WRITES = (SILVER_QUARANTINE, SILVER_EVENTS, QUALITY_BATCH_RESULTS)
 
 
@@ -184,7 +186,8 @@ def start_silver(
         spark,
         catalog,
         BRONZE_EVENTS_RAW.name,
-        max_rows_per_trigger=settings.silver.max_rows_per_trigger,
+        max_files_per_trigger=settings.silver.max_files_per_trigger,
+        max_bytes_per_trigger=settings.silver.max_bytes_per_trigger,
     )
     query = start_table_stream(
         source,
@@ -237,7 +240,7 @@ def silver_suite_validator(settings: Settings, catalog: Catalog) -> BatchValidat
     from pipelines.quality.suites import silver_events_expectations
 
     recorder = SuiteRecorder(settings, catalog)
-    max_rows = settings.silver.max_rows_per_trigger or 10_000_000
+    max_rows = SILVER_BATCH_ROW_BOUND
     event_types = ContractRegistry().event_types
 
     def validate(written: DataFrame, batch_id: int, load_id: str) -> None:

@@ -29,7 +29,7 @@ from pipelines.config import Settings, TriggerSettings, parse_duration
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import SILVER_EVENTS, SILVER_SESSIONS
 from pipelines.silver.sessions import recompute_windows, session_changes, sessions
-from pipelines.streaming.delta_sink import BatchHandler, query_id_from_checkpoint
+from pipelines.streaming.delta import BatchHandler, query_id_from_checkpoint
 from pipelines.streaming.queries import await_query, start_table_stream
 from pipelines.streaming.sinks import ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
@@ -134,7 +134,8 @@ def run_sessions(
         spark,
         catalog,
         SILVER_EVENTS.name,
-        max_rows_per_trigger=settings.silver.max_rows_per_trigger,
+        max_files_per_trigger=settings.silver.max_files_per_trigger,
+        max_bytes_per_trigger=settings.silver.max_bytes_per_trigger,
     )
     query = start_table_stream(
         source,

@@ -1,179 +1,76 @@
-"""Kafka adapters outside Spark: the embedded broker, the producer helper, client settings.
+"""Kafka adapters outside Spark: the embedded broker's settings, the producer helper, clients.
 
-The embedded broker is librdkafka's mock cluster. It lives inside the process that created it
-and listens on 127.0.0.1, so other processes (Spark's Python workers, a second terminal) reach it
-over TCP. It is for local runs and tests only; real brokers are set with
-``kafka.bootstrap_servers``.
+The embedded broker (``pipelines.kafka.broker.EmbeddedKafka``, re-exported here) is Apache Kafka
+itself, run as JVMs on 127.0.0.1. ``lakehouse kafka serve`` keeps one running with its data under
+``<storage root>/_kafka`` and records its address in the storage root, where every other command
+finds it when ``kafka.bootstrap_servers`` is ``embedded``. It is for local runs and tests only;
+real brokers are set with ``kafka.bootstrap_servers``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from pipelines.config import KafkaSettings, Settings
+from pipelines.kafka.broker import EmbeddedKafka, EmbeddedKafkaError
 
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 STATE_FILE = "_embedded_kafka.json"
+DATA_FOLDER = "_kafka"
 
 
 class KafkaUnavailableError(RuntimeError):
     """The configured brokers cannot be reached (message says which and how to fix it)."""
 
 
-class EmbeddedKafka:
-    """An in-memory Kafka-protocol broker on 127.0.0.1 (librdkafka's mock cluster).
+def embedded_broker(
+    settings: Settings, num_brokers: int = 1, data_dir: Path | None = None
+) -> EmbeddedKafka:
+    """An embedded broker with every configured topic (events, DLQ, identities) created up front.
 
-    ``topics`` are created up front with ``partitions`` partitions through librdkafka's public
-    mock API (``rd_kafka_mock_topic_create``); other topics are created on first produce with four
-    partitions. The mock keeps about 5 MB of (compressed) batches per partition and drops the
-    oldest beyond that, so more partitions hold more data; the Kafka source reports dropped offsets
-    as data loss rather than skipping them. Use as a context manager or ``start()``/``stop()``.
+    Its data lives in ``data_dir`` (kept across restarts; ``lakehouse kafka serve`` passes
+    ``embedded_data_dir(settings)``), else in a temporary folder removed when it stops.
     """
-
-    def __init__(
-        self, topics: Sequence[str] = (), partitions: int = 16, num_brokers: int = 1
-    ) -> None:
-        self._topics = list(dict.fromkeys(topics))
-        self._partitions = partitions
-        self._num_brokers = num_brokers
-        self._native: _NativeMockCluster | None = None
-        self._fallback: Producer | None = None
-        self.bootstrap_servers = ""
-
-    def start(self) -> EmbeddedKafka:
-        try:
-            self._native = _NativeMockCluster(self._num_brokers)
-        except (OSError, AttributeError, RuntimeError) as exc:
-            log.warning("librdkafka mock API unavailable (%s); topics will have 4 partitions", exc)
-            conf: dict[str, Any] = {
-                "test.mock.num.brokers": self._num_brokers,
-                "log_level": 3,
-                "logger": quiet_logger,
-            }
-            self._fallback = Producer(conf)
-            metadata = self._fallback.list_topics(timeout=10)
-            self.bootstrap_servers = ",".join(
-                f"{b.host}:{b.port}" for b in sorted(metadata.brokers.values(), key=lambda b: b.id)
-            )
-            return self
-        self.bootstrap_servers = self._native.bootstraps
-        for topic in self._topics:
-            self._native.create_topic(topic, self._partitions)
-        return self
-
-    def stop(self) -> None:
-        if self._native is not None:
-            self._native.destroy()
-            self._native = None
-        if self._fallback is not None:
-            self._fallback.flush(1)
-            self._fallback = None  # dropping the last reference shuts the mock cluster down
-
-    @property
-    def running(self) -> bool:
-        return self._native is not None or self._fallback is not None
-
-    def __enter__(self) -> EmbeddedKafka:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class _NativeMockCluster:
-    """librdkafka's mock cluster through its C API (``rdkafka_mock.h``), via ctypes."""
-
-    def __init__(self, num_brokers: int) -> None:
-        lib = _librdkafka()
-        errstr = ctypes.create_string_buffer(512)
-        conf = lib.rd_kafka_conf_new()
-        lib.rd_kafka_conf_set(conf, b"log_level", b"3", errstr, len(errstr))
-        self._lib = lib
-        self._rk = lib.rd_kafka_new(0, conf, errstr, len(errstr))  # 0 = RD_KAFKA_PRODUCER
-        if not self._rk:
-            raise RuntimeError(f"rd_kafka_new failed: {errstr.value.decode()}")
-        self._cluster = lib.rd_kafka_mock_cluster_new(self._rk, num_brokers)
-        if not self._cluster:
-            lib.rd_kafka_destroy(self._rk)
-            raise RuntimeError("rd_kafka_mock_cluster_new failed")
-        self.bootstraps = lib.rd_kafka_mock_cluster_bootstraps(self._cluster).decode()
-
-    def create_topic(self, topic: str, partitions: int) -> None:
-        code = self._lib.rd_kafka_mock_topic_create(self._cluster, topic.encode(), partitions, 1)
-        if code != 0:
-            raise KafkaUnavailableError(
-                f"embedded broker could not create topic {topic!r} (error {code})"
-            )
-
-    def destroy(self) -> None:
-        self._lib.rd_kafka_mock_cluster_destroy(self._cluster)
-        self._lib.rd_kafka_destroy(self._rk)
-
-
-def _librdkafka() -> ctypes.CDLL:
-    """The librdkafka that confluent-kafka ships (or the system one), with mock API signatures."""
-    import confluent_kafka
-
-    package_dir = Path(confluent_kafka.__file__).resolve().parent
-    candidates = sorted(package_dir.parent.glob("confluent_kafka.libs/librdkafka*"))
-    path = str(candidates[0]) if candidates else ctypes.util.find_library("rdkafka")
-    if not path:
-        raise OSError("librdkafka shared library not found")
-    lib = ctypes.CDLL(path)
-    vp, cp, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
-    lib.rd_kafka_conf_new.restype = vp
-    lib.rd_kafka_conf_set.argtypes = [vp, cp, cp, cp, ctypes.c_size_t]
-    lib.rd_kafka_new.restype = vp
-    lib.rd_kafka_new.argtypes = [i, vp, cp, ctypes.c_size_t]
-    lib.rd_kafka_destroy.argtypes = [vp]
-    lib.rd_kafka_mock_cluster_new.restype = vp
-    lib.rd_kafka_mock_cluster_new.argtypes = [vp, i]
-    lib.rd_kafka_mock_cluster_bootstraps.restype = cp
-    lib.rd_kafka_mock_cluster_bootstraps.argtypes = [vp]
-    lib.rd_kafka_mock_topic_create.restype = i
-    lib.rd_kafka_mock_topic_create.argtypes = [vp, cp, i, i]
-    lib.rd_kafka_mock_cluster_destroy.argtypes = [vp]
-    return lib
-
-
-def embedded_broker(settings: Settings) -> EmbeddedKafka:
-    """An embedded broker with every configured topic (events, DLQ, identities) created up front."""
     topics = settings.kafka.topics
     return EmbeddedKafka(
         topics=[*topics.event_topics, topics.dlq, topics.identities],
         partitions=settings.kafka.embedded_partitions,
+        num_brokers=num_brokers,
+        data_dir=data_dir,
     )
 
 
-def embedded_state_path(settings: Settings) -> Path:
+def _local_storage_root(settings: Settings) -> Path:
     root = settings.storage.root
     if "://" in root:
         raise KafkaUnavailableError(
             f"kafka.bootstrap_servers is 'embedded' but storage.root {root} is remote; "
             "the embedded broker is for local runs; set kafka.bootstrap_servers to real brokers"
         )
-    return Path(root).expanduser().resolve() / STATE_FILE
+    return Path(root).expanduser().resolve()
+
+
+def embedded_state_path(settings: Settings) -> Path:
+    """Where ``lakehouse kafka serve`` records the running broker's address."""
+    return _local_storage_root(settings) / STATE_FILE
+
+
+def embedded_data_dir(settings: Settings) -> Path:
+    """Where ``lakehouse kafka serve`` keeps the broker's topics and messages."""
+    return _local_storage_root(settings) / DATA_FOLDER
 
 
 def write_embedded_state(settings: Settings, broker: EmbeddedKafka) -> Path:
@@ -318,8 +215,15 @@ def embedded_or_configured(settings: Settings) -> Iterator[str]:
     if servers:
         yield servers
         return
-    with embedded_broker(settings) as broker:
+    broker = embedded_broker(settings)
+    try:
+        broker.start()
+    except EmbeddedKafkaError as exc:
+        raise KafkaUnavailableError(str(exc)) from None
+    try:
         yield broker.bootstrap_servers
+    finally:
+        broker.stop()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -335,7 +239,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 class _QuietLogger(logging.Logger):
-    """librdkafka logs every mock-cluster disconnect at INFO; route them to DEBUG."""
+    """librdkafka logs every idle disconnect and refused connection; route them to DEBUG."""
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         logging.getLogger("librdkafka").debug(msg, *args)

@@ -1,12 +1,9 @@
-"""The cluster adapter of the Kafka port: Spark's own ``format("kafka")`` (spark-sql-kafka).
+"""The Kafka port: Spark's own ``format("kafka")`` (spark-sql-kafka), options from config.
 
-Selected by ``engines.kafka: native``. It needs the spark-sql-kafka jars (built into Databricks,
-or fetched from Maven by a local session: see ``pipelines.spark``).
-
-It yields exactly what the default ``lakehouse-kafka`` source yields (``KAFKA_SOURCE_SCHEMA``):
-the native binary key/value become UTF-8 strings (invalid bytes replaced by U+FFFD, as the
-default source does), so the bronze transform is the same for both adapters. Offsets live in the
-Spark checkpoint and no consumer-group offsets are committed, as with the default source.
+Records come out as ``KAFKA_RECORDS_SCHEMA``: the binary key/value become UTF-8 strings (invalid
+bytes replaced by U+FFFD), so bronze keeps them as received. Offsets live in the Spark checkpoint
+and no consumer-group offsets are committed. The jars come from ``.jars/spark`` locally and are
+built into Databricks (shaded there: see ``kafka_client_package``).
 
 Security: the Java client takes SASL credentials as a JAAS login-module string
 (``kafka.sasl.jaas.config``). The password appears only in the options handed to Spark; the
@@ -22,6 +19,14 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 from pipelines.config import KafkaSecurity, KafkaSettings
 from pipelines.spark import class_loadable
@@ -39,6 +44,16 @@ _LOGIN_MODULES = {
 }
 SECRET_OPTIONS = frozenset({"kafka.sasl.jaas.config"})
 REDACTED = "*** (redacted)"
+KAFKA_RECORDS_SCHEMA = StructType(
+    [
+        StructField("key", StringType(), True),
+        StructField("value", StringType(), True),
+        StructField("topic", StringType(), True),
+        StructField("partition", IntegerType(), True),
+        StructField("offset", LongType(), True),
+        StructField("timestamp", TimestampType(), True),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -64,7 +79,7 @@ def native_kafka_options(
     *,
     client_package: str = APACHE_KAFKA,
 ) -> NativeKafkaOptions:
-    """``settings.kafka`` as ``format("kafka")`` options (the same knobs the default source takes).
+    """``settings.kafka`` as ``format("kafka")`` options.
 
     Args:
         client_package: the Kafka client's Java package, for the SASL login module
@@ -76,7 +91,7 @@ def native_kafka_options(
     consumer = kafka.consumer
     options = {
         "kafka.bootstrap.servers": bootstrap_servers,
-        "subscribe": ",".join(topics),
+        "subscribePattern": subscription_pattern(topics),
         "startingOffsets": starting_offsets or consumer.starting_offsets,
         "failOnDataLoss": str(consumer.fail_on_data_loss).lower(),
         "minPartitions": str(consumer.min_partitions),
@@ -93,6 +108,21 @@ def native_kafka_options(
     if jaas is not None:
         options["kafka.sasl.jaas.config"] = jaas
     return NativeKafkaOptions(options)
+
+
+def subscription_pattern(topics: list[str]) -> str:
+    """A regex matching exactly ``topics`` (Java syntax).
+
+    ``subscribe`` fails the query while a listed topic does not exist yet (Spark describes every
+    topic); a pattern picks each topic up once it exists, from its earliest offset, so bronze can
+    start before the first event of a type was ever sent.
+    """
+    return "^(?:" + "|".join(_java_quote(t) for t in topics) + ")$"
+
+
+def _java_quote(topic: str) -> str:
+    # Topic names are [a-zA-Z0-9._-]; escape the regex metacharacters among them.
+    return "".join("\\" + c if c in ".-" else c for c in topic)
 
 
 def sasl_jaas_config(security: KafkaSecurity, client_package: str = APACHE_KAFKA) -> str | None:
@@ -122,7 +152,7 @@ def native_kafka_stream(
     topics: list[str],
     starting_offsets: str | None = None,
 ) -> DataFrame:
-    """Kafka records through ``format("kafka")``, in the default source's columns and types."""
+    """Kafka records through ``format("kafka")``, as ``KAFKA_RECORDS_SCHEMA``."""
     options = native_kafka_options(
         kafka,
         bootstrap_servers,
@@ -137,7 +167,7 @@ def native_kafka_stream(
 
 
 def kafka_records(native: DataFrame) -> DataFrame:
-    """``format("kafka")`` rows in ``KAFKA_SOURCE_SCHEMA``'s columns and types: UTF-8 key and
+    """``format("kafka")`` rows in ``KAFKA_RECORDS_SCHEMA``'s columns and types: UTF-8 key and
     value (invalid bytes become U+FFFD), topic, partition, offset, timestamp."""
     return native.select(
         F.make_valid_utf8(F.col("key").cast("string")).alias("key"),

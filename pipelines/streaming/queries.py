@@ -17,7 +17,7 @@ from pyspark.sql.streaming import StreamingQuery
 from pipelines.config import TriggerSettings
 from pipelines.lake.catalog import Catalog
 from pipelines.monitoring.progress import settle_query, watch_query
-from pipelines.streaming.delta_sink import BatchHandler
+from pipelines.streaming.delta import BatchHandler
 
 
 class StreamingJobError(RuntimeError):

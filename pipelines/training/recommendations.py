@@ -12,14 +12,13 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-from deltalake import write_deltalake
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import Settings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import GOLD_RECOMMENDATIONS, GOLD_USER_FEATURES
-from pipelines.streaming.delta_sink import conform
+from pipelines.streaming.sinks import table_writer
 from pipelines.training.train import champion_model
 
 _ACTIVITY = ("page_view_count_7d", "click_count_7d", "add_to_cart_count_7d", "purchase_count_7d")
@@ -44,16 +43,20 @@ def write_recommendations(spark: SparkSession, settings: Settings, k: int) -> di
     ranked["model_name"] = settings.mlflow.registered_model
     ranked["model_version"] = version
     ranked["generated_at"] = datetime.now(tz=UTC)
-    data = conform(
-        pa.Table.from_pandas(ranked, preserve_index=False), GOLD_RECOMMENDATIONS.arrow_schema
+    data = pa.Table.from_pandas(ranked, preserve_index=False)
+    gold_version = catalog.delta_table(GOLD_USER_FEATURES.name).version()
+    # One idempotent overwrite per (model version, gold version): a retried run adds nothing.
+    result = table_writer(catalog, GOLD_RECOMMENDATIONS).append(
+        data,
+        f"{GOLD_RECOMMENDATIONS.name}:{settings.mlflow.registered_model}:{version}",
+        gold_version,
+        spark=spark,
+        replace_where="true",
     )
-    table = catalog.ensure(GOLD_RECOMMENDATIONS)
-    write_deltalake(table, data, mode="overwrite", storage_options=catalog.storage_options)
-    table.update_incremental()
     return {
         "users": len(active),
         "rows": data.num_rows,
         "model_name": settings.mlflow.registered_model,
         "model_version": version,
-        "table_version": table.version(),
+        "table_version": result.version,
     }

@@ -25,7 +25,7 @@ from pipelines.lake.tables import (
     LAKE_TRAINING_SETS,
     SILVER_EVENTS,
 )
-from pipelines.streaming.delta_sink import conform
+from pipelines.streaming.sinks import table_writer
 from pipelines.training.point_in_time import (
     check_no_leakage,
     labels,
@@ -98,6 +98,7 @@ def build_training_set(
     ).drop(*drop)
 
     exposures = labels(events, label_event=label_event, horizon=parse_duration(horizon)).cache()
+    joined = None
     try:
         negatives = sampled_negatives(
             exposures, events, per_positive=negatives_per_positive, seed=seed
@@ -105,13 +106,21 @@ def build_training_set(
         joined = point_in_time_join(exposures.unionByName(negatives), users, items).cache()
         check_no_leakage(joined)
         digest = training_set_digest(joined)
-        data = pa.table(joined.withColumn("training_set", F.lit(name)).toArrow())
+        rows = int(joined.count())
         positives = int(joined.filter(F.col("label") == 1).count())
+        # Replaces the set's partition in one commit; a rebuild with the same digest is a no-op.
+        quoted = name.replace("'", "''")
+        written = table_writer(catalog, GOLD_TRAINING_SETS).append_frame(
+            joined.withColumn("training_set", F.lit(name)),
+            f"{GOLD_TRAINING_SETS.name}:{name}:{digest}",
+            0,
+            replace_where=f"training_set = '{quoted}'",
+        )
     finally:
         exposures.unpersist()
-    table_version = _replace_partition(
-        catalog, name, conform(data, GOLD_TRAINING_SETS.arrow_schema)
-    )
+        if joined is not None:
+            joined.unpersist()
+    table_version = written.version
     result = TrainingSet(
         name=name,
         snapshot=snapshot,
@@ -119,46 +128,27 @@ def build_training_set(
         horizon=horizon,
         seed=seed,
         negatives_per_positive=negatives_per_positive,
-        rows=data.num_rows,
+        rows=rows,
         positives=positives,
         digest=digest,
         versions=versions,
         table_version=table_version,
     )
-    _record(catalog, result)
+    _record(spark, catalog, result)
     return result
 
 
-def _replace_partition(catalog: Catalog, name: str, data: pa.Table) -> int:
-    from deltalake import write_deltalake
-
-    table = catalog.ensure(GOLD_TRAINING_SETS)
-    write_deltalake(
-        table,
-        data,
-        mode="overwrite",
-        predicate=f"training_set = '{name}'",
-        partition_by=list(GOLD_TRAINING_SETS.partition_by),
-        storage_options=catalog.storage_options,
-    )
-    table.update_incremental()
-    return int(table.version())
-
-
-def _record(catalog: Catalog, result: TrainingSet) -> None:
-    from deltalake import write_deltalake
-
+def _record(spark: SparkSession, catalog: Catalog, result: TrainingSet) -> None:
     row = {
         **result.__dict__,
         "versions": list(result.versions.items()),
         "created_at": datetime.now(UTC),
     }
-    table = catalog.ensure(LAKE_TRAINING_SETS)
-    write_deltalake(
-        table,
+    table_writer(catalog, LAKE_TRAINING_SETS).append(
         pa.Table.from_pylist([row], schema=LAKE_TRAINING_SETS.arrow_schema),
-        mode="append",
-        storage_options=catalog.storage_options,
+        f"{LAKE_TRAINING_SETS.name}:{result.name}:{result.digest}",
+        0,
+        spark=spark,
     )
 
 

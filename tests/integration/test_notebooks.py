@@ -173,7 +173,7 @@ def test_explore_gold_stops_at_each_missing_step_and_then_shows_everything(
     assert "No snapshot yet: pin one with `lakehouse snapshot create NAME`" in no_snapshot.output
     assert "gold_user_features" in no_snapshot.output  # the views it registered
 
-    Snapshots(catalog).create("explore", DEFAULT_SNAPSHOT_TABLES, "notebook test")
+    Snapshots(catalog).create("explore", DEFAULT_SNAPSHOT_TABLES, "notebook test", spark=spark)
     no_training_set = run_notebook(path, "test", overrides=overrides, spark=spark)
     assert no_training_set.exit_json()["stopped_at"] == "training_set"
     assert "lakehouse training-set build --snapshot NAME" in no_training_set.output

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from pipelines.bronze.job import run_bronze
 from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import BRONZE_EVENTS_RAW
-from pipelines.streaming.delta_sink import BatchWriteStats
+from pipelines.streaming.delta import BatchWriteStats
 from pipelines.streaming.kafka import EmbeddedKafka, KafkaUnavailableError
 from tests.streaming.helpers import contiguous, forget_commit, produce
 
@@ -38,7 +39,9 @@ def test_bronze_lands_every_record_once_and_a_rerun_adds_nothing(
 
     first = run_bronze(spark, settings, bootstrap)
     assert first.stats.rows_written == 1_000
-    assert first.stats.batches_written == 4
+    # maxOffsetsPerTrigger caps every batch; Spark splits it across partitions by their lag.
+    assert first.stats.batches_written >= 4
+    assert all(0 < b["rows"] <= 250 for b in first.stats.batches)
     catalog = Catalog(settings.storage)
     bronze = catalog.read(spark, BRONZE_EVENTS_RAW.name)
     assertDataFrameEqual(
@@ -124,7 +127,9 @@ def test_batch_already_committed_before_a_crash_is_skipped_on_replay(
     after = catalog.info(BRONZE_EVENTS_RAW.name)
     assert (after.version, after.rows) == (info.version, 600)
     assert (commits / str(last_batch)).exists()  # the replay completed the batch in the checkpoint
-    app_id = catalog.delta_table(BRONZE_EVENTS_RAW.name).history(1)[0]["lakehouse.app_id"]
+    stamp = json.loads(catalog.delta_table(BRONZE_EVENTS_RAW.name).history(1)[0]["userMetadata"])
+    app_id = stamp["lakehouse.app_id"]
+    assert stamp["lakehouse.batch_id"] == str(last_batch)
     assert catalog.delta_table(BRONZE_EVENTS_RAW.name).transaction_version(app_id) == last_batch
 
 

@@ -161,24 +161,28 @@ def test_refused_requests_never_reach_kafka(tmp_path: Any, kafka_broker: Embedde
 
 
 def test_503_when_kafka_cannot_acknowledge(tmp_path: Any) -> None:
-    broker = EmbeddedKafka(topics=["user_clicks", "events_dlq"], partitions=1).start()
-    settings = make_settings(
-        tmp_path,
-        kafka={"bootstrap_servers": broker.bootstrap_servers},
-        collector={"produce_timeout_s": 1.5},
-    )
-    with BackgroundCollector(settings, broker.bootstrap_servers) as running:
-        healthy = requests.post(f"{running.url}/v1/events", json=[event()], headers=AUTH)
-        assert healthy.status_code == 200
-        assert requests.get(f"{running.url}/readyz", timeout=10).status_code == 200
-        broker.stop()
-        down = requests.post(f"{running.url}/v1/events", json=[event()], headers=AUTH, timeout=15)
-        assert down.status_code == 503
-        assert down.headers["Retry-After"] == "1"
-        assert "retry" in down.json()["error"]
-        time.sleep(2.1)  # past the readiness cache
-        assert requests.get(f"{running.url}/readyz", timeout=15).status_code == 503
-        assert requests.get(f"{running.url}/healthz", timeout=5).status_code == 200
+    # Its own broker, stopped halfway (the session's broker stays up for the other tests).
+    with EmbeddedKafka(topics=["user_clicks", "events_dlq"], partitions=1) as broker:
+        settings = make_settings(
+            tmp_path,
+            kafka={"bootstrap_servers": broker.bootstrap_servers},
+            collector={"produce_timeout_s": 1.5},
+        )
+        with BackgroundCollector(settings, broker.bootstrap_servers) as running:
+            healthy = requests.post(f"{running.url}/v1/events", json=[event()], headers=AUTH)
+            assert healthy.status_code == 200
+            assert requests.get(f"{running.url}/readyz", timeout=10).status_code == 200
+            broker.stop()
+            assert not broker.running
+            down = requests.post(
+                f"{running.url}/v1/events", json=[event()], headers=AUTH, timeout=15
+            )
+            assert down.status_code == 503
+            assert down.headers["Retry-After"] == "1"
+            assert "retry" in down.json()["error"]
+            time.sleep(2.1)  # past the readiness cache
+            assert requests.get(f"{running.url}/readyz", timeout=15).status_code == 503
+            assert requests.get(f"{running.url}/healthz", timeout=5).status_code == 200
 
 
 def test_official_segment_client_delivers_track_page_and_identify(

@@ -143,7 +143,7 @@ def test_snapshot_pins_versions_and_training_sets_are_reproducible(
     ]
     snapshots = Snapshots(catalog)
     snap = snapshots.create(
-        "s1", tables, validate=gold_snapshot_validator(spark, settings, catalog, "s1")
+        "s1", tables, validate=gold_snapshot_validator(spark, settings, catalog, "s1"), spark=spark
     )
     assert snap.versions == {t: catalog.info(t).version for t in tables}
 

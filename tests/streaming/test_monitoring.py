@@ -25,7 +25,7 @@ from pipelines.monitoring.exporter import HealthCollector, serve_metrics
 from pipelines.monitoring.health import collect_health
 from pipelines.monitoring.report import build_report
 from pipelines.silver.job import run_silver
-from pipelines.streaming.delta_sink import BatchWriteStats
+from pipelines.streaming.delta import BatchWriteStats
 from pipelines.streaming.kafka import EmbeddedKafka
 from pipelines.streaming.queries import stop_gracefully
 from pipelines.synthetic.clickstream import ClickstreamGenerator

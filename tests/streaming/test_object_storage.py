@@ -168,7 +168,7 @@ def test_s3_root_runs_every_layer_with_the_same_rows_as_local_storage(
     # A snapshot pins versions and reads them back from S3 with Spark, also after new commits.
     catalog = Catalog.for_settings(remote)
     snap = Snapshots(catalog).create(
-        "s3-pin", [SILVER_EVENTS.name, GOLD_USER_FEATURES.name], "on object storage"
+        "s3-pin", [SILVER_EVENTS.name, GOLD_USER_FEATURES.name], "on object storage", spark=spark
     )
     pinned = snap.versions[GOLD_USER_FEATURES.name]
     frame = catalog.read(spark, GOLD_USER_FEATURES.name, version=pinned)

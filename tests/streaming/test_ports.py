@@ -1,33 +1,21 @@
-"""Contract suites of the IO ports, each run over every adapter of its port.
+"""Contract suites of the IO ports, run on the real connectors (no skips):
 
-* Kafka source (``kafka_stream``): ``engines.kafka`` ``python`` (default) and ``native``;
-* Delta streaming source (``delta_stream``): ``engines.delta`` ``delta-rs`` (default) and
-  ``delta-spark``;
-* Delta append sink (``table_writer(...).append``, ``append_handler``): ``delta-rs`` and
-  ``delta-spark``;
-* Delta MERGE sink (``table_writer(...).upsert``): ``delta-rs`` and ``delta-spark``.
-
-The cluster adapters need JVM jars from Maven (built into Databricks). Where the test session
-cannot load them, their cases are reported as SKIPPED with how to enable them. With
-``LAKEHOUSE_TEST_CLUSTER_ADAPTERS=1`` this module builds its own session that fetches the jars
-(``spark.jars.packages``); that only works when no other Spark session was started in the same
-pytest process, so run the module on its own:
-``LAKEHOUSE_TEST_CLUSTER_ADAPTERS=1 pytest tests/streaming/test_ports.py``.
+* Kafka source (``kafka_stream``): Spark's ``format("kafka")`` on the embedded Apache Kafka broker;
+* Delta streaming source (``delta_stream``): delta-spark's change data feed;
+* Delta append sink (``table_writer(...).append``, ``append_handler``);
+* Delta MERGE sink (``table_writer(...).upsert``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable as DeltaRsTable
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql.types import (
     BinaryType,
@@ -43,19 +31,15 @@ from pipelines.bronze.events_raw import bronze_events_raw
 from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import BRONZE_EVENTS_RAW, LAKE_SNAPSHOTS, TableSpec
-from pipelines.spark import (
-    DELTA_SPARK_PACKAGE,
-    KAFKA_PACKAGE,
-    adapter_availability,
-    build_spark,
-    class_loadable,
+from pipelines.spark import class_loadable, connector_status
+from pipelines.streaming.delta import (
+    TXN_APP_ID_CONF,
+    TXN_VERSION_CONF,
+    BatchWriteStats,
+    idempotent_dml,
 )
-from pipelines.streaming.delta_sink import BatchWriteStats
-from pipelines.streaming.delta_source import CDF_FIELDS
-from pipelines.streaming.delta_spark import TXN_APP_ID_CONF, TXN_VERSION_CONF, idempotent_dml
 from pipelines.streaming.kafka import EmbeddedKafka
-from pipelines.streaming.kafka_native import kafka_records
-from pipelines.streaming.kafka_source import KAFKA_SOURCE_SCHEMA
+from pipelines.streaming.kafka_native import KAFKA_RECORDS_SCHEMA, kafka_records
 from pipelines.streaming.queries import await_query, start_table_stream
 from pipelines.streaming.sinks import append_handler, ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream, kafka_stream
@@ -64,70 +48,12 @@ from tests.streaming.helpers import contiguous, forget_commit, produce
 
 pytestmark = pytest.mark.streaming
 
-CLUSTER_SWITCH = "LAKEHOUSE_TEST_CLUSTER_ADAPTERS"
 AVAILABLE_NOW = TriggerSettings(mode="available-now")
-HOW_TO_ENABLE = {
-    "delta-spark": "delta-spark jars not on the classpath; run on a machine that can reach Maven "
-    f"Central ({CLUSTER_SWITCH}=1 makes the session fetch {DELTA_SPARK_PACKAGE}) or on Databricks",
-    "kafka-native": "spark-sql-kafka jars not on the classpath; run on a machine that can reach "
-    f"Maven Central ({CLUSTER_SWITCH}=1 makes the session fetch {KAFKA_PACKAGE}) or on Databricks",
-}
-ADAPTER_OF = {"native": "kafka-native", "delta-spark": "delta-spark"}
-
-
-# -- sessions and adapters --------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def port_spark(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SparkSession]:
-    """The shared test session, or, with LAKEHOUSE_TEST_CLUSTER_ADAPTERS=1 and no Spark running
-    yet in this process, a session that fetches the cluster adapters' jars."""
-    if os.environ.get(CLUSTER_SWITCH) != "1" or SparkSession.getActiveSession() is not None:
-        yield request.getfixturevalue("spark")
-        return
-    settings = make_settings(
-        tmp_path_factory.mktemp("cluster-spark"),
-        engines={"delta": "delta-spark", "kafka": "native"},
-    )
-    try:
-        session = build_spark(settings, app_name="lakehouse-port-tests")
-    except Exception as exc:
-        pytest.fail(
-            f"{CLUSTER_SWITCH}=1: could not start a session fetching {DELTA_SPARK_PACKAGE} and "
-            f"{KAFKA_PACKAGE} (is Maven Central reachable?): {exc}"
-        )
-    yield session
-    session.stop()
-
-
-def require(spark: SparkSession, engine: str) -> None:
-    """Skip (visibly, with how to enable it) a cluster adapter the session cannot load."""
-    adapter = ADAPTER_OF.get(engine)
-    if adapter is None or adapter_availability(spark)[adapter].available:
-        return
-    reason = HOW_TO_ENABLE[adapter]
-    if os.environ.get(CLUSTER_SWITCH) == "1":
-        reason += (
-            f" [{CLUSTER_SWITCH}=1 had no effect: Spark was already running in this pytest "
-            "process; run tests/streaming/test_ports.py on its own]"
-        )
-    pytest.skip(reason)
-
-
-@pytest.fixture(params=["python", "native"])
-def kafka_engine(request: pytest.FixtureRequest, port_spark: SparkSession) -> str:
-    require(port_spark, request.param)
-    return str(request.param)
-
-
-@pytest.fixture(params=["delta-rs", "delta-spark"])
-def delta_engine(request: pytest.FixtureRequest, port_spark: SparkSession) -> str:
-    require(port_spark, request.param)
-    return str(request.param)
-
-
-def with_engines(settings: Settings, **engines: str) -> Settings:
-    return settings.model_copy(update={"engines": settings.engines.model_copy(update=engines)})
+CDF_FIELDS = [
+    StructField("_change_type", StringType()),
+    StructField("_commit_version", LongType()),
+    StructField("_commit_timestamp", TimestampType()),
+]
 
 
 def capped(settings: Settings, cap: int) -> Settings:
@@ -139,10 +65,8 @@ def capped(settings: Settings, cap: int) -> Settings:
     )
 
 
-def lake(tmp_path: Path, delta_engine: str) -> Catalog:
-    settings = make_settings(tmp_path / "lake", engines={"delta": delta_engine})
-    assert settings.engines.delta == delta_engine
-    return Catalog.for_settings(settings)
+def lake(tmp_path: Path) -> Catalog:
+    return Catalog.for_settings(make_settings(tmp_path / "lake"))
 
 
 def fields(schema: StructType) -> list[tuple[str, Any]]:
@@ -221,13 +145,12 @@ def table_rows(spark: SparkSession, catalog: Catalog, spec: TableSpec) -> list[t
 
 # -- Kafka source -----------------------------------------------------------------------------
 def test_kafka_source_yields_every_record_once_within_the_trigger_cap(
-    port_spark: SparkSession,
-    kafka_engine: str,
+    spark: SparkSession,
     lake_settings: Settings,
     kafka_broker: EmbeddedKafka,
     tmp_path: Path,
 ) -> None:
-    settings = with_engines(capped(lake_settings, 150), kafka=kafka_engine)
+    settings = capped(lake_settings, 150)
     bootstrap = kafka_broker.bootstrap_servers
     topics = [settings.kafka.topics.click, settings.kafka.topics.search]
     sent = produce(settings, bootstrap, topics[0], 300) + produce(
@@ -235,8 +158,8 @@ def test_kafka_source_yields_every_record_once_within_the_trigger_cap(
     )
     checkpoint = tmp_path / "ckpt"
 
-    frame = kafka_stream(port_spark, settings, bootstrap, topics)
-    assert fields(frame.schema) == fields(KAFKA_SOURCE_SCHEMA)
+    frame = kafka_stream(spark, settings, bootstrap, topics)
+    assert fields(frame.schema) == fields(KAFKA_RECORDS_SCHEMA)
     first = drain(frame, checkpoint)
     sizes = [len(rows) for _, rows in sorted(first.items()) if rows]
     assert all(size <= 150 for size in sizes), sizes
@@ -247,19 +170,18 @@ def test_kafka_source_yields_every_record_once_within_the_trigger_cap(
     assert {r.topic for r in rows} == set(topics)
     assert all(isinstance(r.timestamp, datetime) for r in rows)
 
-    replay = drain(kafka_stream(port_spark, settings, bootstrap, topics), checkpoint)
+    replay = drain(kafka_stream(spark, settings, bootstrap, topics), checkpoint)
     assert rows_of(replay) == []  # the checkpoint holds every offset read: nothing again
 
     more = produce(settings, bootstrap, topics[0], 40, start=300)
-    resumed = rows_of(drain(kafka_stream(port_spark, settings, bootstrap, topics), checkpoint))
+    resumed = rows_of(drain(kafka_stream(spark, settings, bootstrap, topics), checkpoint))
     assert sorted((r.key, r.value) for r in resumed) == sorted(more)
 
 
-def test_native_kafka_rows_take_the_default_sources_columns_and_types(
-    port_spark: SparkSession,
+def test_kafka_rows_are_utf8_strings_with_their_coordinates(
+    spark: SparkSession,
 ) -> None:
-    """The cluster adapter's mapping from ``format("kafka")``'s columns, on rows shaped like
-    them (runs without the Kafka jars)."""
+    """The mapping from ``format("kafka")``'s binary columns, on rows shaped like them."""
     native_schema = StructType(
         [
             StructField("key", BinaryType()),
@@ -272,7 +194,7 @@ def test_native_kafka_rows_take_the_default_sources_columns_and_types(
         ]
     )
     stamp = datetime(2026, 11, 26, 12, 0)
-    native = port_spark.createDataFrame(
+    native = spark.createDataFrame(
         [
             (b"user-1", '{"n": "é"}'.encode(), "t", 3, 41, stamp, 0),
             (None, b"\xff\xfebad", "t", 0, 7, stamp, 0),
@@ -280,33 +202,28 @@ def test_native_kafka_rows_take_the_default_sources_columns_and_types(
         native_schema,
     )
     mapped = kafka_records(native)
-    assert fields(mapped.schema) == fields(KAFKA_SOURCE_SCHEMA)
+    assert fields(mapped.schema) == fields(KAFKA_RECORDS_SCHEMA)
     assert sorted((tuple(r) for r in mapped.collect()), key=lambda r: r[4]) == [
-        (None, "\ufffd\ufffdbad", "t", 0, 7, stamp),  # invalid UTF-8, as lakehouse-kafka does
+        (None, "\ufffd\ufffdbad", "t", 0, 7, stamp),  # invalid UTF-8 replaced, not dropped
         ("user-1", '{"n": "é"}', "t", 3, 41, stamp),
     ]
 
 
-def test_the_adapter_check_loads_jvm_classes_through_the_session(port_spark: SparkSession) -> None:
-    """The availability check behind the skips must be able to say yes."""
-    assert class_loadable(port_spark, "org.apache.spark.sql.SparkSession") is True
-    assert class_loadable(port_spark, "org.example.NoSuchClass") is False
-    status = adapter_availability(port_spark)
-    assert set(status) == {"delta-spark", "kafka-native"}
-    delta_loads = class_loadable(port_spark, "io.delta.tables.DeltaTable")
-    assert status["delta-spark"].available is delta_loads
-    if not delta_loads:
-        assert "spark.jars.packages" in status["delta-spark"].reason
-        assert DELTA_SPARK_PACKAGE in status["delta-spark"].reason
+def test_every_connector_loads_in_the_projects_session(spark: SparkSession) -> None:
+    """The pinned jars are on the session's classpath: nothing is skipped for want of them."""
+    assert class_loadable(spark, "org.apache.spark.sql.SparkSession") is True
+    assert class_loadable(spark, "org.example.NoSuchClass") is False
+    status = connector_status(spark)
+    assert set(status) == {"delta-spark", "spark-sql-kafka", "hadoop-aws"}
+    assert all(s.available for s in status.values()), status
 
 
 def test_native_kafka_source_logs_its_options_without_the_password(
-    port_spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     password = "pw-that-must-not-leak"
     settings = make_settings(
         tmp_path,
-        engines={"kafka": "native"},
         kafka={
             "security": {
                 "protocol": "SASL_SSL",
@@ -317,31 +234,27 @@ def test_native_kafka_source_logs_its_options_without_the_password(
         },
     )
     with caplog.at_level(logging.INFO, logger="pipelines.streaming.kafka_native"):
-        try:
-            kafka_stream(port_spark, settings, "127.0.0.1:9", ["t"])
-            failure = ""
-        except Exception as exc:  # without the jars: Spark cannot find format("kafka")
-            failure = str(exc)
+        frame = kafka_stream(spark, settings, "127.0.0.1:9", ["t"])
+    assert fields(frame.schema) == fields(KAFKA_RECORDS_SCHEMA)
     assert "kafka.sasl.jaas.config" in caplog.text
     assert "kafka.sasl.mechanism': 'SCRAM-SHA-512'" in caplog.text
     assert password not in caplog.text
-    assert password not in failure
 
 
 # -- Delta streaming source -------------------------------------------------------------------
 def test_delta_source_yields_inserts_and_updates_with_versions_and_resumes(
-    port_spark: SparkSession, delta_engine: str, tmp_path: Path
+    spark: SparkSession, tmp_path: Path
 ) -> None:
-    catalog = lake(tmp_path, delta_engine)
+    catalog = lake(tmp_path)
     spec = LAKE_SNAPSHOTS
-    ensure_table(port_spark, catalog, spec)
+    ensure_table(spark, catalog, spec)
     writer = table_writer(catalog, spec)
-    v1 = writer.append(snapshot_rows("a", "b"), "seed", 0, spark=port_spark).version
-    v2 = writer.append(snapshot_rows("c"), "seed", 1, spark=port_spark).version
+    v1 = writer.append(snapshot_rows("a", "b"), "seed", 0, spark=spark).version
+    v2 = writer.append(snapshot_rows("c"), "seed", 1, spark=spark).version
     assert v2 == v1 + 1
     checkpoint = tmp_path / "ckpt"
 
-    frame = delta_stream(port_spark, catalog, spec.name)
+    frame = delta_stream(spark, catalog, spec.name)
     assert fields(frame.schema) == fields(spec.schema) + [(f.name, f.dataType) for f in CDF_FIELDS]
     first = rows_of(drain(frame, checkpoint))
     assert sorted((r.name, r._change_type, r._commit_version) for r in first) == [
@@ -351,9 +264,7 @@ def test_delta_source_yields_inserts_and_updates_with_versions_and_resumes(
     ]
     assert all(isinstance(r._commit_timestamp, datetime) for r in first)
     columns = spec.schema.fieldNames()
-    expected = as_rows(
-        port_spark, pa.concat_tables([snapshot_rows("a", "b"), snapshot_rows("c")]), spec
-    )
+    expected = as_rows(spark, pa.concat_tables([snapshot_rows("a", "b"), snapshot_rows("c")]), spec)
     assert sorted(tuple(r[c] for c in columns) for r in first) == expected
 
     # After the checkpoint: b updated, d inserted, c deleted, in one MERGE.
@@ -363,64 +274,65 @@ def test_delta_source_yields_inserts_and_updates_with_versions_and_resumes(
             snapshot_rows("c", delete=True),
         ]
     )
-    v3 = writer.upsert(changes, "name", "merge", 0, delete_flag="_delete", spark=port_spark)
-    resumed = rows_of(drain(delta_stream(port_spark, catalog, spec.name), checkpoint))
+    v3 = writer.upsert(changes, "name", "merge", 0, delete_flag="_delete", spark=spark)
+    resumed = rows_of(drain(delta_stream(spark, catalog, spec.name), checkpoint))
     # Only post-images and inserts: no pre-image, no delete, nothing read before.
     assert sorted((r.name, r._change_type, r._commit_version, r.note) for r in resumed) == [
         ("b", "update_postimage", v3, "changed"),
         ("d", "insert", v3, "changed"),
     ]
-    assert rows_of(drain(delta_stream(port_spark, catalog, spec.name), checkpoint)) == []
+    assert rows_of(drain(delta_stream(spark, catalog, spec.name), checkpoint)) == []
 
 
 # -- Delta append sink ------------------------------------------------------------------------
 def test_append_sink_creates_the_table_and_commits_each_app_batch_once(
-    port_spark: SparkSession, delta_engine: str, tmp_path: Path
+    spark: SparkSession, tmp_path: Path
 ) -> None:
-    catalog = lake(tmp_path, delta_engine)
+    catalog = lake(tmp_path)
     spec = BRONZE_EVENTS_RAW
-    ensure_table(port_spark, catalog, spec)
-    ensure_table(port_spark, catalog, spec)  # idempotent
-    metadata = DeltaRsTable(catalog.location(spec.name)).metadata()
-    assert metadata.partition_columns == ["ingest_date"]
-    assert metadata.configuration["delta.enableChangeDataFeed"] == "true"
+    ensure_table(spark, catalog, spec)
+    ensure_table(spark, catalog, spec)  # idempotent
+    detail = spark.sql(f"DESCRIBE DETAIL {spec.name}").first()
+    assert detail is not None
+    assert detail["partitionColumns"] == ["ingest_date"]
+    assert detail["properties"]["delta.enableChangeDataFeed"] == "true"
+    assert detail["location"].rstrip("/").endswith(catalog.location(spec.name))
 
     writer = table_writer(catalog, spec)
     assert not writer.committed("app", 0)
-    first = writer.append(bronze_rows(0, 5), "app", 0, spark=port_spark)
+    first = writer.append(bronze_rows(0, 5), "app", 0, spark=spark)
     assert (first.skipped, first.rows) == (False, 5)
-    replay = writer.append(bronze_rows(100, 3), "app", 0, spark=port_spark)  # other rows, same id
+    replay = writer.append(bronze_rows(100, 3), "app", 0, spark=spark)  # other rows, same id
     assert (replay.skipped, replay.rows, replay.version) == (True, 0, first.version)
     assert writer.committed("app", 0)
     assert not writer.committed("app", 1)
-    second = writer.append(bronze_rows(5, 2), "app", 1, spark=port_spark)
-    other = writer.append(bronze_rows(7, 1), "other-app", 0, spark=port_spark)  # its own batch 0
+    second = writer.append(bronze_rows(5, 2), "app", 1, spark=spark)
+    other = writer.append(bronze_rows(7, 1), "other-app", 0, spark=spark)  # its own batch 0
     assert (second.rows, other.rows) == (2, 1)
     assert other.version == second.version + 1 == first.version + 2
 
-    assert table_rows(port_spark, catalog, spec) == as_rows(port_spark, bronze_rows(0, 8), spec)
+    assert table_rows(spark, catalog, spec) == as_rows(spark, bronze_rows(0, 8), spec)
     partitions = {p.name for p in Path(catalog.location(spec.name)).glob("ingest_date=*")}
     assert partitions == {"ingest_date=2026-11-26", "ingest_date=2026-11-27"}
 
 
 def test_append_handler_skips_a_batch_replayed_after_a_crash(
-    port_spark: SparkSession,
-    delta_engine: str,
+    spark: SparkSession,
     lake_settings: Settings,
     kafka_broker: EmbeddedKafka,
 ) -> None:
-    settings = with_engines(capped(lake_settings, 100), delta=delta_engine)
+    settings = capped(lake_settings, 100)
     bootstrap = kafka_broker.bootstrap_servers
     topic = settings.kafka.topics.click
     sent = produce(settings, bootstrap, topic, 250)
     catalog = Catalog.for_settings(settings)
     spec = BRONZE_EVENTS_RAW
     checkpoint = catalog.checkpoint(spec.name)
-    ensure_table(port_spark, catalog, spec)
+    ensure_table(spark, catalog, spec)
 
     def run() -> BatchWriteStats:
         stats = BatchWriteStats()
-        records = kafka_stream(port_spark, settings, bootstrap, [topic])
+        records = kafka_stream(spark, settings, bootstrap, [topic])
         query = start_table_stream(
             bronze_events_raw(records),
             catalog=catalog,
@@ -437,31 +349,29 @@ def test_append_handler_skips_a_batch_replayed_after_a_crash(
     replay = run()
     assert (replay.batches_written, replay.batches_skipped, replay.rows_written) == (0, 1, 0)
 
-    landed = catalog.read(port_spark, spec.name).collect()
+    landed = catalog.read(spark, spec.name).collect()
     assert sum(contiguous([(r.topic, r.partition, r.offset) for r in landed]).values()) == 250
     assert sorted((r.key, r.value) for r in landed) == sorted(sent)
 
 
 # -- Delta MERGE sink -------------------------------------------------------------------------
 def test_merge_sink_upserts_by_key_and_skips_a_replayed_batch(
-    port_spark: SparkSession, delta_engine: str, tmp_path: Path
+    spark: SparkSession, tmp_path: Path
 ) -> None:
-    catalog = lake(tmp_path, delta_engine)
+    catalog = lake(tmp_path)
     spec = LAKE_SNAPSHOTS
-    ensure_table(port_spark, catalog, spec)
+    ensure_table(spark, catalog, spec)
     writer = table_writer(catalog, spec)
 
     def merge(data: pa.Table, batch_id: int, delete_flag: str | None = "_delete") -> int:
-        return writer.upsert(
-            data, "name", "app", batch_id, delete_flag=delete_flag, spark=port_spark
-        )
+        return writer.upsert(data, "name", "app", batch_id, delete_flag=delete_flag, spark=spark)
 
     def content() -> list[tuple[Any, ...]]:
-        return table_rows(port_spark, catalog, spec)
+        return table_rows(spark, catalog, spec)
 
     def rows(*parts: pa.Table) -> list[tuple[Any, ...]]:
         return as_rows(
-            port_spark, pa.concat_tables(p.select(spec.schema.fieldNames()) for p in parts), spec
+            spark, pa.concat_tables(p.select(spec.schema.fieldNames()) for p in parts), spec
         )
 
     v0 = merge(snapshot_rows("a", "b", "c", delete=False), 0)
@@ -481,20 +391,20 @@ def test_merge_sink_upserts_by_key_and_skips_a_replayed_batch(
     assert v2 == v1 + 1
     assert content() == rows(snapshot_rows("a", note="plain"), upserts)
     # The transaction identity must not outlive the MERGE (Delta would skip later writes).
-    assert port_spark.conf.get(TXN_APP_ID_CONF, None) is None
-    assert port_spark.conf.get(TXN_VERSION_CONF, None) is None
+    assert spark.conf.get(TXN_APP_ID_CONF, None) is None
+    assert spark.conf.get(TXN_VERSION_CONF, None) is None
 
 
 def test_merge_transaction_identity_is_set_only_while_the_merge_runs(
-    port_spark: SparkSession,
+    spark: SparkSession,
 ) -> None:
     """delta-spark's MERGE takes its app transaction from session confs, which Delta leaves set;
-    the adapter must clear them, also when the MERGE fails (runs without the jars)."""
-    with idempotent_dml(port_spark, "gold.user_features:q1", 7, '{"lakehouse.batch_id": "7"}'):
-        assert port_spark.conf.get(TXN_APP_ID_CONF) == "gold.user_features:q1"
-        assert port_spark.conf.get(TXN_VERSION_CONF) == "7"
-    assert port_spark.conf.get(TXN_APP_ID_CONF, None) is None
-    with pytest.raises(RuntimeError, match="merge failed"), idempotent_dml(port_spark, "a", 8, ""):
+    the adapter must clear them, also when the MERGE fails."""
+    with idempotent_dml(spark, "gold.user_features:q1", 7, '{"lakehouse.batch_id": "7"}'):
+        assert spark.conf.get(TXN_APP_ID_CONF) == "gold.user_features:q1"
+        assert spark.conf.get(TXN_VERSION_CONF) == "7"
+    assert spark.conf.get(TXN_APP_ID_CONF, None) is None
+    with pytest.raises(RuntimeError, match="merge failed"), idempotent_dml(spark, "a", 8, ""):
         raise RuntimeError("merge failed")
-    assert port_spark.conf.get(TXN_APP_ID_CONF, None) is None
-    assert port_spark.conf.get(TXN_VERSION_CONF, None) is None
+    assert spark.conf.get(TXN_APP_ID_CONF, None) is None
+    assert spark.conf.get(TXN_VERSION_CONF, None) is None

@@ -28,8 +28,8 @@ from pipelines.quality.report import accounting_report
 from pipelines.silver.job import run_silver
 from pipelines.silver.sessions import sessions as all_sessions
 from pipelines.silver.sessions_job import run_sessions, session_events
-from pipelines.streaming.delta_sink import DeltaAppender
 from pipelines.streaming.queries import StreamingJobError, stop_gracefully
+from pipelines.streaming.sinks import table_writer
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from tests.conftest import make_settings
 from tests.streaming.helpers import forget_commit
@@ -74,7 +74,7 @@ def event(event_type: str = "click", **changes: Any) -> dict[str, Any]:
 
 def land_in_bronze(catalog: Catalog, values: list[str | None], ingest: datetime = NOW) -> None:
     """Append raw values to bronze as one commit (one Delta version), like one bronze batch."""
-    appender = DeltaAppender(catalog, BRONZE_EVENTS_RAW)
+    writer = table_writer(catalog, BRONZE_EVENTS_RAW)
     start = (
         (catalog.info(BRONZE_EVENTS_RAW.name).rows or 0)
         if catalog.exists(BRONZE_EVENTS_RAW.name)
@@ -94,7 +94,9 @@ def land_in_bronze(catalog: Catalog, values: list[str | None], ingest: datetime 
             "ingest_date": pa.array([ingest.date()] * n),
         }
     )
-    appender.append(data, "test-bronze", appender.table.version() + 1)
+    # The test session (the active one) writes, one version per call.
+    version = catalog.info(BRONZE_EVENTS_RAW.name).version
+    writer.append(data, "test-bronze", 0 if version is None else version + 1)
 
 
 def rows(spark: SparkSession, catalog: Catalog, table: str) -> list[dict[str, Any]]:
@@ -418,7 +420,7 @@ def test_quality_check_cli_fails_when_the_accounting_is_broken(
         [rows(spark, catalog, QUALITY_BATCH_RESULTS.name)[0] | {"batch_id": 99, "input_rows": 5}],
         schema=QUALITY_BATCH_RESULTS.arrow_schema,
     )
-    DeltaAppender(catalog, QUALITY_BATCH_RESULTS).append(tampered, "tamper", 0)
+    table_writer(catalog, QUALITY_BATCH_RESULTS).append(tampered, "tamper", 0, spark=spark)
     broken = runner.invoke(app, ["quality", "check", "--env", "test"])
     assert broken.exit_code == 1
     assert "batch 99: input 5 != accounted 2" in broken.output

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 import pytest
-from deltalake import write_deltalake
 from mlflow import MlflowClient
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from pipelines.config import Settings, TriggerSettings
 from pipelines.gold.job import run_gold
@@ -23,6 +22,7 @@ from pipelines.lake.tables import GOLD_RECOMMENDATIONS, GOLD_USER_FEATURES, QUAL
 from pipelines.monitoring.drift_job import check_drift
 from pipelines.silver.job import run_silver
 from pipelines.silver.sessions_job import run_sessions
+from pipelines.streaming.sinks import table_writer
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.training.recommendations import write_recommendations
 from pipelines.training.train import TrainingRun, champion_model, configure_mlflow, train
@@ -56,7 +56,7 @@ def lake(
     run_silver(spark, settings, trigger=AVAILABLE_NOW)
     run_sessions(spark, settings, trigger=AVAILABLE_NOW)
     run_gold(spark, settings, trigger=AVAILABLE_NOW)
-    Snapshots(catalog).create("s1", TABLES)
+    Snapshots(catalog).create("s1", TABLES, spark=spark)
     first = train(spark, settings, snapshot="s1", seed=3)
     second = train(spark, settings, snapshot="s1", seed=3)
     yield settings, first, second
@@ -147,12 +147,11 @@ def test_drift_flags_only_the_shifted_feature(
     assert all(f.psi == 0.0 for f in calm.features if f.status != "skipped")
 
     catalog = Catalog(settings.storage)
-    current = pa.table(catalog.delta_table(GOLD_USER_FEATURES.name).to_pyarrow_table())
-    index = current.schema.get_field_index("page_view_count_7d")
-    shifted = current.set_column(
-        index, "page_view_count_7d", pa.compute.multiply(current.column(index), 4)
+    current = catalog.read(spark, GOLD_USER_FEATURES.name)
+    shifted = current.withColumn("page_view_count_7d", F.col("page_view_count_7d") * 4)
+    table_writer(catalog, GOLD_USER_FEATURES).append_frame(
+        shifted.localCheckpoint(), "test-shift", 0, replace_where="true"
     )
-    write_deltalake(catalog.delta_table(GOLD_USER_FEATURES.name), shifted, mode="overwrite")
 
     drift = check_drift(spark, settings)
     assert drift.drifted == ["page_view_count_7d"]

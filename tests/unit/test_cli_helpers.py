@@ -5,20 +5,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.cli import _normalise_interval, app, rewrite_table_names
+from pipelines.cli import _normalise_interval, app
 from pipelines.config import ConfigError
 from tests.conftest import conf_folder
-
-
-def test_logical_table_names_become_view_names() -> None:
-    views = {"bronze.events_raw": "bronze_events_raw"}
-    sql = (
-        "SELECT * FROM bronze.events_raw b JOIN `bronze.events_raw` c WHERE x.bronze.events_raw = 1"
-    )
-    expected = (
-        "SELECT * FROM bronze_events_raw b JOIN `bronze.events_raw` c WHERE x.bronze.events_raw = 1"
-    )
-    assert rewrite_table_names(sql, views) == expected
 
 
 @pytest.mark.parametrize(

@@ -126,7 +126,7 @@ def test_repository_environments_load() -> None:
     with pytest.raises(ConfigError, match=r"collector\.write_keys backend, web is empty"):
         WriteKeys(keyless.collector.write_keys)
     dev = load_settings("dev", conf_dir=conf, environ=prod_env)
-    assert (dev.engines.delta, dev.engines.kafka) == ("delta-spark", "native")
+    assert dev.storage.root == "s3://bucket/lake"
     assert prod.storage.checkpoints == "dbfs:/lakehouse/checkpoints"
     assert prod.streaming.trigger.mode == "processing-time"
     with pytest.raises(ConfigError, match=r"KAFKA_BOOTSTRAP_SERVERS|LAKEHOUSE_STORAGE_ROOT"):
@@ -137,3 +137,10 @@ def test_checkpoint_root_defaults_under_storage_root(conf_dir: Path) -> None:
     storage = load_settings("dev", conf_dir=conf_dir, environ={}).storage
     assert storage.checkpoints == "/data/dev/_checkpoints"
     assert storage.tables_root == "/data/dev/tables"
+
+
+def test_an_engines_section_is_refused_with_the_fix(conf_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="remove the engines section"):
+        load_settings(
+            "dev", conf_dir=conf_dir, overrides={"engines": {"delta": "delta-rs"}}, environ={}
+        )

@@ -1,25 +1,28 @@
-"""What the session builder and the native Kafka adapter configure, computed without a JVM."""
+"""What the session builder and the Kafka connector configure, computed without a JVM."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipelines.config import Settings
+from pipelines.jvm import JAR_SETS, JarsMissingError, jar_set
 from pipelines.spark import (
     DELTA_CATALOG,
     DELTA_EXTENSION,
-    DELTA_SPARK_PACKAGE,
-    KAFKA_PACKAGE,
-    cluster_packages,
+    connector_jars,
+    s3a_conf,
     session_conf,
 )
 from pipelines.streaming.kafka_native import (
     DATABRICKS_SHADED_KAFKA,
     REDACTED,
     native_kafka_options,
+    subscription_pattern,
 )
 from tests.conftest import make_settings
 
@@ -31,60 +34,86 @@ def settings_with(tmp_path: Path, **overrides: Any) -> Settings:
 
 
 # -- session conf -----------------------------------------------------------------------------
-def test_default_session_adds_no_connector_and_downloads_nothing(tmp_path: Path) -> None:
+def test_local_session_loads_the_pinned_jars_with_delta_and_downloads_nothing(
+    tmp_path: Path,
+) -> None:
     conf = session_conf(settings_with(tmp_path))
-    assert "spark.jars.packages" not in conf
-    assert "spark.sql.extensions" not in conf
-    assert "spark.sql.catalog.spark_catalog" not in conf
-    assert conf["spark.sql.session.timeZone"] == "UTC"
-    assert conf["spark.driver.bindAddress"] == "127.0.0.1"
-    assert conf["spark.sql.warehouse.dir"] == str(tmp_path.resolve() / "_warehouse")
-
-
-def test_delta_spark_adds_the_extension_catalog_and_its_package(tmp_path: Path) -> None:
-    conf = session_conf(settings_with(tmp_path, engines={"delta": "delta-spark"}))
+    assert "spark.jars.packages" not in conf  # no resolution at session start
+    jars = conf["spark.jars"].split(",")
+    assert jars == [str(j) for j in jar_set("spark").jars]
+    names = {Path(j).name for j in jars}
+    assert {"delta-spark_4.2_2.13-4.4.0.jar", "spark-sql-kafka-0-10_2.13-4.2.0.jar"} <= names
+    assert "hadoop-aws-3.5.0.jar" in names
+    assert not any(n.startswith("bundle-") for n in names)  # not the whole AWS SDK
     assert conf["spark.sql.extensions"] == DELTA_EXTENSION
     assert conf["spark.sql.catalog.spark_catalog"] == DELTA_CATALOG
-    assert conf["spark.jars.packages"] == DELTA_SPARK_PACKAGE == "io.delta:delta-spark_2.13:4.4.1"
+    assert conf["spark.sql.session.timeZone"] == "UTC"
+    assert conf["spark.driver.bindAddress"] == "127.0.0.1"
+    assert conf["spark.sql.warehouse.dir"] == f"{tmp_path.resolve()}/_warehouse"
+    assert "spark.hadoop.fs.s3.impl" not in conf
 
 
-def test_native_kafka_adds_only_its_package(tmp_path: Path) -> None:
-    conf = session_conf(settings_with(tmp_path, engines={"kafka": "native"}))
-    assert conf["spark.jars.packages"] == KAFKA_PACKAGE
-    assert KAFKA_PACKAGE == "org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0"
-    assert "spark.sql.extensions" not in conf
-
-
-def test_both_cluster_adapters_add_both_packages(tmp_path: Path) -> None:
-    settings = settings_with(tmp_path, engines={"delta": "delta-spark", "kafka": "native"})
-    assert cluster_packages(settings) == [DELTA_SPARK_PACKAGE, KAFKA_PACKAGE]
-    assert session_conf(settings)["spark.jars.packages"] == f"{DELTA_SPARK_PACKAGE},{KAFKA_PACKAGE}"
+def test_pinned_delta_jar_matches_the_delta_spark_wheel() -> None:
+    wheel = importlib.metadata.version("delta-spark")
+    assert f"io.delta:delta-spark_4.2_2.13:{wheel}" in JAR_SETS["spark"]
+    pyspark = importlib.metadata.version("pyspark")
+    assert f"org.apache.spark:spark-sql-kafka-0-10_2.13:{pyspark}" in JAR_SETS["spark"]
 
 
 @pytest.mark.parametrize("key", ["spark.jars", "spark.jars.packages"])
 def test_operator_supplied_jars_are_kept_and_nothing_is_added(tmp_path: Path, key: str) -> None:
-    settings = settings_with(
-        tmp_path,
-        engines={"delta": "delta-spark", "kafka": "native"},
-        spark={"conf": {key: "/opt/jars/delta-spark.jar"}},
-    )
+    settings = settings_with(tmp_path, spark={"conf": {key: "/opt/jars/delta-spark.jar"}})
     conf = session_conf(settings)
-    assert cluster_packages(settings) == []
+    assert connector_jars(settings) == []
     jars = {k: v for k, v in conf.items() if k.startswith("spark.jars")}
     assert jars == {key: "/opt/jars/delta-spark.jar"}
     assert conf["spark.sql.extensions"] == DELTA_EXTENSION  # still a Delta session
 
 
-def test_a_cluster_master_gets_the_delta_session_confs_but_no_packages(tmp_path: Path) -> None:
-    settings = settings_with(
-        tmp_path,
-        engines={"delta": "delta-spark", "kafka": "native"},
-        spark={"master": "spark://spark-master:7077"},
-    )
+def test_a_cluster_master_gets_the_delta_session_confs_but_no_jars(tmp_path: Path) -> None:
+    settings = settings_with(tmp_path, spark={"master": "spark://spark-master:7077"})
     conf = session_conf(settings)
-    assert "spark.jars.packages" not in conf
+    assert "spark.jars" not in conf
     assert "spark.driver.bindAddress" not in conf
     assert conf["spark.sql.catalog.spark_catalog"] == DELTA_CATALOG
+
+
+def test_missing_jars_name_the_command_that_resolves_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAKEHOUSE_JARS", str(tmp_path / "empty"))
+    with pytest.raises(JarsMissingError, match="make install"):
+        session_conf(settings_with(tmp_path))
+
+
+def test_an_s3_root_is_served_by_s3a_with_the_configured_endpoint(tmp_path: Path) -> None:
+    settings = settings_with(
+        tmp_path,
+        storage={
+            "root": "s3://lake/recsys",
+            "checkpoint_root": str(tmp_path / "ckpt"),
+            "s3": {
+                "endpoint_url": "http://127.0.0.1:9000",
+                "access_key_id": "AK",
+                "secret_access_key": "SK",
+                "allow_http": True,
+            },
+        },
+    )
+    conf = s3a_conf(settings)
+    assert conf == {
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3a.endpoint.region": "us-east-1",
+        "spark.hadoop.fs.s3a.endpoint": "http://127.0.0.1:9000",
+        "spark.hadoop.fs.s3a.path.style.access": "true",
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",
+        "spark.hadoop.fs.s3a.access.key": "AK",
+        "spark.hadoop.fs.s3a.secret.key": "SK",
+        "spark.hadoop.fs.s3a.aws.credentials.provider": (
+            "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
+        ),
+    }
+    assert session_conf(settings)["spark.sql.warehouse.dir"] == "s3://lake/recsys/_warehouse"
 
 
 def test_user_conf_overrides_computed_values(tmp_path: Path) -> None:
@@ -115,7 +144,7 @@ def test_native_options_map_the_consumer_settings(tmp_path: Path) -> None:
     options = native_kafka_options(settings.kafka, "b1:9092,b2:9092", ["clicks", "views"])
     assert options.options == {
         "kafka.bootstrap.servers": "b1:9092,b2:9092",
-        "subscribe": "clicks,views",
+        "subscribePattern": "^(?:clicks|views)$",
         "startingOffsets": "latest",
         "failOnDataLoss": "false",
         "minPartitions": "3",
@@ -194,3 +223,10 @@ def test_ssl_without_sasl_sets_only_the_protocol(tmp_path: Path) -> None:
     assert options["kafka.security.protocol"] == "SSL"
     assert "kafka.sasl.mechanism" not in options
     assert "kafka.sasl.jaas.config" not in options
+
+
+def test_the_subscription_matches_exactly_the_configured_topics() -> None:
+    pattern = re.compile(subscription_pattern(["user_clicks", "page.views-v2"]))
+    assert pattern.pattern == r"^(?:user_clicks|page\.views\-v2)$"
+    assert pattern.match("user_clicks") and pattern.match("page.views-v2")
+    assert not pattern.match("user_clicks2") and not pattern.match("pageXviews-v2")

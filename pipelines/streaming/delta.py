@@ -1,24 +1,20 @@
-"""The cluster adapter of the Delta ports: Spark's own Delta reader and writer (delta-spark).
+"""The Delta port's adapter: delta-spark writes and reads every table.
 
-Selected by ``engines.delta: delta-spark``. It needs the delta-spark jars (built into Databricks,
-or fetched from Maven by a local session: see ``pipelines.spark``); the ``delta`` Python package
-it calls is always installed.
-
-Idempotency is Delta's app transaction, as on the default adapter: every commit carries
-``(app id, batch id)`` and Delta skips a commit whose app id has already recorded that batch id
-(or a later one).
+Idempotency is Delta's app transaction: every commit carries ``(app id, batch id)`` and Delta
+skips a commit whose app id has already recorded that batch id (or a later one). The app id of a
+streaming sink is ``<table>:<query id>``, the query id read from the checkpoint's ``metadata``
+file, so it is stable across restarts of the same checkpoint and new when the checkpoint is
+reset. A batch replayed after a crash between the Delta commit and the checkpoint's commit log is
+skipped.
 
 * Appends pass ``txnAppId``/``txnVersion`` as DataFrameWriter options ("Idempotent table writes
-  in foreachBatch", docs.delta.io/latest/delta-streaming.html).
+  in foreachBatch", Delta's streaming docs).
 * MERGE has no writer options; it reads the same identity from the session confs
-  ``spark.databricks.delta.write.txnAppId``/``txnVersion`` (delta-io/delta PR #1555: idempotent
-  INSERT/DELETE/UPDATE/MERGE through SQL confs; the pair is named by Delta's error class
-  ``DELTA_INVALID_IDEMPOTENT_WRITES_OPTIONS.MISSING_SESSION_CONFS``). Delta leaves both set after
-  the commit (``write.txnVersion.autoReset.enabled`` defaults to false), so they are set on the
-  micro-batch's own session (a per-query clone) and always unset around one ``execute()``.
+  ``spark.databricks.delta.write.txnAppId``/``txnVersion`` (delta-io/delta PR #1555). Delta leaves
+  both set after the commit (``write.txnVersion.autoReset.enabled`` defaults to false), so they are
+  set on the micro-batch's own session and always unset around one ``execute()``.
 * ``committed`` reads the table's latest ``SetTransaction`` for the app id from the Delta log
-  (open protocol, read with delta-rs like the catalog's other metadata reads), so a replayed
-  batch is skipped before any Spark work, exactly as on the default adapter.
+  (read-only, with delta-rs), so a replayed batch is skipped before any Spark work.
 """
 
 from __future__ import annotations
@@ -26,10 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 from delta.tables import DeltaTable
 from deltalake import DeltaTable as DeltaRsTable
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -37,25 +36,41 @@ from pyspark.sql import functions as F
 
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import TableSpec
-from pipelines.streaming.delta_sink import (
-    AppendResult,
-    BatchHandler,
-    BatchWriteStats,
-    batch_committed,
-    conform,
-    query_id_from_checkpoint,
-)
 
 log = logging.getLogger(__name__)
+
+BatchHandler = Callable[[DataFrame, int], None]
+
+
+@dataclass
+class BatchWriteStats:
+    """What a sink did, batch by batch (read by jobs, the demo and the benchmark)."""
+
+    batches_written: int = 0
+    batches_skipped: int = 0
+    rows_written: int = 0
+    collect_s: float = 0.0
+    write_s: float = 0.0
+    last_version: int | None = None
+    batches: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class AppendResult:
+    skipped: bool  # the (app id, batch id) commit already existed: a replay
+    rows: int
+    version: int
+    seconds: float
+
 
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
-# What the default change-feed source emits (``lakehouse-delta``'s ``changeTypes`` default).
+# The changes a change-feed stream emits: new rows and the new values of updated rows.
 EMITTED_CHANGE_TYPES = ("insert", "update_postimage")
 
 
-def delta_spark_change_feed(
+def change_feed_stream(
     spark: SparkSession,
     location: str,
     *,
@@ -65,10 +80,9 @@ def delta_spark_change_feed(
 ) -> DataFrame:
     """A table's change data feed through ``readStream.format("delta")``.
 
-    Yields the rows the default source yields: the table's columns plus ``_change_type``,
-    ``_commit_version`` and ``_commit_timestamp``, inserts and update post-images only.
-    ``earliest`` is version 0, so every commit is read as its own changes (not an initial
-    snapshot), as the default source does.
+    Rows: the table's columns plus ``_change_type``, ``_commit_version`` and
+    ``_commit_timestamp``, inserts and update post-images only. ``earliest`` is version 0, so
+    every commit is read as its own changes (not as one initial snapshot).
     """
     start = "0" if starting_version == "earliest" else starting_version
     reader = (
@@ -84,26 +98,13 @@ def delta_spark_change_feed(
     return changes.where(F.col("_change_type").isin(*EMITTED_CHANGE_TYPES))
 
 
-def ensure_delta_spark_table(spark: SparkSession, catalog: Catalog, spec: TableSpec) -> None:
-    """Create the table at its catalog location if missing: schema, partitioning, properties
-    (change data feed on), as ``Catalog.ensure`` does with delta-rs."""
-    builder = (
-        DeltaTable.createIfNotExists(spark)
-        .location(catalog.location(spec.name))
-        .addColumns(spec.schema)
-    )
-    if spec.description:
-        builder = builder.comment(spec.description)
-    if spec.partition_by:
-        builder = builder.partitionedBy(*spec.partition_by)
-    for key, value in spec.configuration.items():
-        builder = builder.property(key, value)
-    builder.execute()
+def ensure_table(spark: SparkSession, catalog: Catalog, spec: TableSpec) -> None:
+    """Create the table if missing and register it under its logical name (``Catalog.ensure``)."""
+    catalog.ensure(spark, spec)
 
 
-class DeltaSparkWriter:
-    """Idempotent appends and MERGEs to one table through delta-spark (the sink port's cluster
-    adapter; ``DeltaAppender`` is the default one)."""
+class DeltaWriter:
+    """Idempotent appends and MERGEs to one table (the sink port)."""
 
     def __init__(self, catalog: Catalog, spec: TableSpec) -> None:
         self.catalog = catalog
@@ -114,19 +115,24 @@ class DeltaSparkWriter:
 
     def ensure(self, spark: SparkSession) -> None:
         if not self._ensured:
-            ensure_delta_spark_table(spark, self.catalog, self.spec)
+            ensure_table(spark, self.catalog, self.spec)
             self._ensured = True
 
     def committed(self, app_id: str, batch_id: int) -> bool:
         """Whether the table already holds the commit of ``(app_id, batch_id)``."""
+        log = self._delta_log()
+        return log is not None and batch_committed(log, app_id, batch_id)
+
+    def _delta_log(self) -> DeltaRsTable | None:
+        """The table's log, refreshed (read-only, without Spark jobs); None before it exists."""
         if self._log is None:
             options = self.catalog.storage_options
             if not DeltaRsTable.is_deltatable(self.location, storage_options=options):
-                return False
+                return None
             self._log = DeltaRsTable(self.location, storage_options=options)
         else:
             self._log.update_incremental()
-        return batch_committed(self._log, app_id, batch_id)
+        return self._log
 
     def append(
         self,
@@ -136,10 +142,13 @@ class DeltaSparkWriter:
         metadata: dict[str, str] | None = None,
         *,
         spark: SparkSession | None = None,
+        replace_where: str | None = None,
     ) -> AppendResult:
         """Append ``data`` (conformed to the table's schema) unless this batch already landed.
 
-        ``spark`` should be the micro-batch's session (``batch_df.sparkSession``).
+        ``spark`` should be the micro-batch's session (``batch_df.sparkSession``). With
+        ``replace_where`` (a predicate on partition columns), the rows matching it are replaced
+        by ``data`` in the same commit (Delta's ``replaceWhere``).
         """
         started = time.perf_counter()
         session = _session(spark)
@@ -153,10 +162,12 @@ class DeltaSparkWriter:
             )
             return AppendResult(True, 0, self.version(session), 0.0)
         data = conform(data, self.spec.arrow_schema)
-        if data.num_rows == 0:  # like delta-rs: an empty batch makes no commit
+        if data.num_rows == 0 and replace_where is None:  # an empty batch makes no commit
             return AppendResult(False, 0, self.version(session), time.perf_counter() - started)
         frame = session.createDataFrame(data, schema=self.spec.schema)
-        return self.append_frame(frame, app_id, batch_id, metadata, started=started)
+        return self.append_frame(
+            frame, app_id, batch_id, metadata, started=started, replace_where=replace_where
+        )
 
     def append_frame(
         self,
@@ -166,21 +177,31 @@ class DeltaSparkWriter:
         metadata: dict[str, str] | None = None,
         *,
         started: float | None = None,
+        replace_where: str | None = None,
     ) -> AppendResult:
-        """Append a DataFrame in one idempotent commit, written by the executors (no collect)."""
+        """Append a DataFrame in one idempotent commit, written by the executors (no collect).
+
+        With ``replace_where`` the commit replaces the rows matching that predicate (``"true"``
+        replaces the whole table).
+        """
         started = time.perf_counter() if started is None else started
         session = frame.sparkSession
         self.ensure(session)
         stamp = _commit_stamp(app_id, batch_id, metadata)
-        (
+        writer = (
             frame.select(*self.spec.schema.fieldNames())
             .write.format("delta")
-            .mode("append")
             .option("txnAppId", app_id)
             .option("txnVersion", str(batch_id))
             .option("userMetadata", stamp)
-            .save(self.location)
         )
+        if replace_where is None:
+            writer = writer.mode("append")
+        elif replace_where == "true":
+            writer = writer.mode("overwrite")
+        else:
+            writer = writer.mode("overwrite").option("replaceWhere", replace_where)
+        writer.save(self.location)
         version, rows, ours = self._last_commit(session, stamp)
         if not ours:  # Delta skipped it: the (app id, batch id) landed meanwhile
             return AppendResult(True, 0, version, time.perf_counter() - started)
@@ -233,25 +254,22 @@ class DeltaSparkWriter:
             merger.execute()
         return self.version(session)
 
-    def version(self, spark: SparkSession) -> int:
-        row = DeltaTable.forPath(spark, self.location).history(1).select("version").first()
-        return -1 if row is None else int(row[0])
+    def version(self, spark: SparkSession | None = None) -> int:
+        """The table's latest version (-1 before it exists)."""
+        log = self._delta_log()
+        return -1 if log is None else int(log.version())
 
     def _last_commit(self, spark: SparkSession, stamp: str) -> tuple[int, int, bool]:
         """(version, rows written, whether it is the commit stamped ``stamp``)."""
-        row = (
-            DeltaTable.forPath(spark, self.location)
-            .history(1)
-            .select("version", "operationMetrics", "userMetadata")
-            .first()
-        )
-        if row is None:
+        log = self._delta_log()
+        if log is None:
             return -1, 0, False
-        metrics = row["operationMetrics"] or {}
+        last = log.history(1)[0]
+        metrics = last.get("operationMetrics") or {}
         return (
-            int(row["version"]),
+            int(last["version"]),
             int(metrics.get("numOutputRows", 0)),
-            row["userMetadata"] == stamp,
+            last.get("userMetadata") == stamp,
         )
 
 
@@ -275,16 +293,16 @@ def idempotent_dml(
             conf.unset(key)
 
 
-def delta_spark_append(
+def append_handler(
     catalog: Catalog,
     spec: TableSpec,
     checkpoint: str,
     stats: BatchWriteStats | None = None,
 ) -> BatchHandler:
     """A ``foreachBatch`` handler appending each micro-batch to ``spec`` in one idempotent
-    commit, written by the executors (the counterpart of ``delta_rs_append``)."""
+    commit, written by the executors."""
     stats = stats if stats is not None else BatchWriteStats()
-    writer = DeltaSparkWriter(catalog, spec)
+    writer = DeltaWriter(catalog, spec)
     app_id: list[str] = []  # resolved on the first batch, once Spark has written the metadata
 
     def write_batch(batch_df: DataFrame, batch_id: int) -> None:
@@ -300,7 +318,9 @@ def delta_spark_append(
                 app_id[0],
             )
             return
-        result = writer.append_frame(batch_df, app_id[0], batch_id)
+        # One task per core instead of one per Kafka partition: fewer, larger files per commit.
+        parallelism = int(batch_df.sparkSession.conf.get("spark.sql.shuffle.partitions") or 1)
+        result = writer.append_frame(batch_df.coalesce(parallelism), app_id[0], batch_id)
         if result.skipped:
             stats.batches_skipped += 1
             return
@@ -322,7 +342,7 @@ def delta_spark_append(
 
 
 def _commit_stamp(app_id: str, batch_id: int, metadata: dict[str, str] | None) -> str:
-    """The commit's ``userMetadata``: the keys delta-rs commits carry as custom metadata."""
+    """The commit's ``userMetadata``: app id, batch id and the caller's metadata, as JSON."""
     return json.dumps(
         {"lakehouse.batch_id": str(batch_id), "lakehouse.app_id": app_id, **(metadata or {})},
         sort_keys=True,
@@ -336,3 +356,39 @@ def _session(spark: SparkSession | None) -> SparkSession:
             "the delta-spark writer needs a SparkSession: pass spark=batch_df.sparkSession"
         )
     return session
+
+
+def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Select the table's columns in order and cast to its exact Arrow types."""
+    missing = [name for name in schema.names if name not in data.column_names]
+    if missing:
+        raise ValueError(f"batch is missing columns {missing} of the target table")
+    return data.select(schema.names).cast(schema)
+
+
+def batch_committed(table: DeltaRsTable, app_id: str, batch_id: int) -> bool:
+    """Whether ``table``'s log holds the app transaction ``(app_id, batch_id)`` or a later one."""
+    done = table.transaction_version(app_id)
+    return done is not None and done >= batch_id
+
+
+def query_id_from_checkpoint(checkpoint: str, spark: SparkSession | None = None) -> str:
+    """The streaming query id Spark stores in ``<checkpoint>/metadata`` (``{"id": "…"}``).
+
+    Read with pyarrow; a checkpoint on a filesystem only Spark's Hadoop layer knows (``dbfs:``,
+    ``abfss:`` …) is read through ``spark`` when one is given.
+    """
+    try:
+        fs, path = pafs.FileSystem.from_uri(
+            checkpoint if "://" in checkpoint else f"file://{checkpoint}"
+        )
+        with fs.open_input_stream(f"{path.rstrip('/')}/metadata") as stream:
+            first_line = stream.read().decode().splitlines()[0]
+    except (pa.ArrowException, OSError):
+        if spark is None:
+            raise
+        row = spark.read.text(f"{checkpoint.rstrip('/')}/metadata").first()
+        if row is None:
+            raise ValueError(f"checkpoint {checkpoint} has an empty metadata file") from None
+        first_line = str(row[0])
+    return str(json.loads(first_line)["id"])
