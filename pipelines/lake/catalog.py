@@ -249,12 +249,16 @@ class Catalog:
             return
         spec = table_spec(name)
         spark.sql(f"CREATE SCHEMA IF NOT EXISTS {spec.layer}")
-        if spark.catalog.tableExists(name):
-            if name not in registered:  # registered before this process (a shared metastore)
-                current = spark.sql(f"DESCRIBE DETAIL {name}").first()
-                if current is not None and _same_location(str(current["location"]), location):
-                    registered[name] = location
-                    return
+        if name in registered:
+            # Ours, at another root (one session serving several storage roots): forget the
+            # name only. Going through Spark's DROP TABLE would first open the old table, which
+            # may be gone or unreachable.
+            _forget_external_table(spark, spec.layer, spec.short_name)
+        elif spark.catalog.tableExists(name):  # registered before this process (a metastore)
+            current = spark.sql(f"DESCRIBE DETAIL {name}").first()
+            if current is not None and _same_location(str(current["location"]), location):
+                registered[name] = location
+                return
             if spark.catalog.getTable(name).tableType.upper() != "EXTERNAL":
                 raise CatalogConflictError(
                     f"{name} is a managed table in the Spark catalog, not the lake's table at "
@@ -287,6 +291,19 @@ def _registered(spark: SparkSession) -> dict[str, str]:
     except Exception:  # Spark Connect: no SparkContext; one registry per session object
         key = str(id(spark))
     return _REGISTRATIONS.setdefault(key, {})
+
+
+def _forget_external_table(spark: SparkSession, schema: str, table: str) -> None:
+    """Remove an external table's entry from the session catalog without reading the table."""
+    jvm = spark._jvm  # py4j: the catalog API has no "forget" call
+    if jvm is None:  # Spark Connect: only SQL, which opens the table first
+        spark.sql(f"DROP TABLE IF EXISTS {schema}.{table}")
+        return
+    identifier = jvm.org.apache.spark.sql.catalyst.TableIdentifier(
+        table, jvm.scala.Option.apply(schema)
+    )
+    session_catalog = spark._jsparkSession.sessionState().catalog()
+    session_catalog.dropTable(identifier, True, False)  # if exists, no purge
 
 
 def _unpacked(commit: dict[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,12 @@ class TableSpec:
 
     @property
     def configuration(self) -> dict[str, str]:
-        conf = {"delta.enableChangeDataFeed": str(self.change_data_feed).lower()}
+        conf = {
+            "delta.enableChangeDataFeed": str(self.change_data_feed).lower(),
+            # delta-rs (the pandas/Arrow reader outside Spark) cannot read deletion vectors yet;
+            # Databricks turns them on for new tables by default, so every lake table says no.
+            "delta.enableDeletionVectors": "false",
+        }
         conf.update(self.properties)
         return conf
 

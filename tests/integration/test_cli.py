@@ -168,6 +168,17 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
         )
     )
     assert {r["topic"]: r["n"] for r in counted["rows"]} == kafka["produced_per_topic"]
+    # A fresh session (a new process) finds every table by name, with Delta's time travel.
+    at_v1 = last_json(
+        run(data, "sql", "SELECT count(*) AS n FROM silver.events VERSION AS OF 1", "--json")
+    )
+    from deltalake import DeltaTable
+
+    silver_v1 = DeltaTable(str(data / "tables" / "silver" / "events"), version=1)
+    expected = sum(silver_v1.get_add_actions(flatten=True).column("num_records").to_pylist())
+    assert at_v1["rows"] == [{"n": expected}] and expected > 0
+    history = last_json(run(data, "sql", "DESCRIBE HISTORY bronze.events_raw", "--json"))
+    assert {r["operation"] for r in history["rows"]} >= {"CREATE TABLE", "WRITE"}
 
     # `lakehouse metrics serve`: Prometheus text with the documented names and the demo's values.
     server = subprocess.Popen(

@@ -16,7 +16,7 @@ from tests.conftest import conf_folder, free_port, make_settings
 pytestmark = pytest.mark.streaming
 
 
-def test_doctor_passes_on_the_embedded_defaults_and_reports_the_cluster_adapters(
+def test_doctor_passes_on_the_embedded_defaults_and_reports_every_jar_and_connector(
     spark: SparkSession, kafka_broker: EmbeddedKafka, tmp_path: Path
 ) -> None:
     settings = make_settings(tmp_path, kafka={"bootstrap_servers": kafka_broker.bootstrap_servers})
@@ -25,8 +25,11 @@ def test_doctor_passes_on_the_embedded_defaults_and_reports_the_cluster_adapters
         "python",
         "java",
         "spark",
-        "delta adapter",
-        "kafka adapter",
+        "jars: spark",
+        "jars: broker",
+        "delta-spark",
+        "spark-sql-kafka",
+        "hadoop-aws",
         "kafka broker",
         "storage",
         "checkpoints",
@@ -34,10 +37,20 @@ def test_doctor_passes_on_the_embedded_defaults_and_reports_the_cluster_adapters
         "collector",
     ):
         assert checks[name].status == "ok", checks[name]
-    assert "delta-rs" in checks["delta adapter"].detail
-    # The cluster adapters are not selected and their jars are absent here: a warning with the fix.
-    cluster = checks["delta-spark (not selected)"]
-    assert cluster.status == "warn" and "Maven Central" in cluster.detail
+    assert "io.delta:delta-spark_4.2_2.13:4.4.0" in checks["jars: spark"].detail
+    assert "org.apache.kafka:kafka_2.13:4.1.1" in checks["jars: broker"].detail
+    assert "io.delta.tables.DeltaTable is on the classpath" in checks["delta-spark"].detail
+
+
+def test_doctor_names_the_command_when_the_jars_are_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAKEHOUSE_JARS", str(tmp_path / "no-jars"))
+    checks = {c.name: c for c in run_checks(make_settings(tmp_path), spark=False)}
+    for name in ("jars: spark", "jars: broker"):
+        assert checks[name].status == "fail"
+        assert "make install" in checks[name].fix
+    assert checks["connectors"].status == "warn"
 
 
 def test_doctor_exits_1_and_names_the_fix_when_the_broker_is_down(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ def settings_for(tmp_path: Path, broker: EmbeddedKafka, per_trigger: int) -> Set
             "topics": unique_topics(),
             "consumer": {"max_offsets_per_trigger": per_trigger},
         },
-        silver={"max_rows_per_trigger": per_trigger},
+        silver={"max_files_per_trigger": 1},
         quality={"great_expectations": {"enabled": False}},
     )
 
@@ -71,15 +71,18 @@ def test_every_micro_batch_is_recorded_and_a_quarantine_spike_fires_its_alert(
         by_query.setdefault(row["query_name"], []).append(row["batch_id"])
     # One row per micro-batch per query, nothing twice, batch ids 0..n-1.
     assert sorted(by_query["bronze_events_raw"]) == list(range(bronze.stats.batches_written))
-    assert bronze.stats.batches_written == 3  # 1,200 records, 450 per trigger
+    assert bronze.stats.batches_written >= 3  # 1,200 records, at most 450 per trigger
     assert sorted(by_query["silver_events"]) == list(range(silver.stats.batches_written))
-    bronze_rows = [r for r in rows if r["query_name"] == "bronze_events_raw"]
+    bronze_rows = sorted(
+        (r for r in rows if r["query_name"] == "bronze_events_raw"), key=lambda r: r["batch_id"]
+    )
+    assert all(0 < r["num_input_rows"] <= 450 for r in bronze_rows)
     assert sum(r["num_input_rows"] for r in bronze_rows) == 1_200
-    assert [r["backlog"] for r in sorted(bronze_rows, key=lambda r: r["batch_id"])] == [
-        750,
-        300,
-        0,
-    ]  # what was left after each batch, from the source's own offsets
+    # What was left after each batch, from the source's own offsets.
+    read = 0
+    for row in bronze_rows:
+        read += row["num_input_rows"]
+        assert row["backlog"] == 1_200 - read
     assert all(
         r["batch_duration_ms"] > 0 and "addBatch" in dict(r["duration_ms"]) for r in bronze_rows
     )
@@ -186,7 +189,10 @@ def test_a_query_that_stops_with_records_waiting_fires_the_stalled_alert(
     time.sleep(1.5)
     health = collect_health(catalog)
     (bronze,) = [q for q in health.queries if q.name == "bronze_events_raw"]
-    assert bronze.backlog == 600 and bronze.seconds_since_progress > 1
+    # Exactly what the one batch left in Kafka (Spark spreads the 400 cap over partitions).
+    assert 0 < run.stats.rows_written <= 400
+    assert bronze.backlog == 1_000 - run.stats.rows_written
+    assert bronze.seconds_since_progress > 1
     limits = AlertSettings(stalled_after_s=1, freshness_s=1e9)
     fired = {(a.rule, a.subject) for a in evaluate(health, limits)}
     assert fired == {("query_stalled", "bronze_events_raw")}

@@ -94,9 +94,12 @@ def land_in_bronze(catalog: Catalog, values: list[str | None], ingest: datetime 
             "ingest_date": pa.array([ingest.date()] * n),
         }
     )
-    # The test session (the active one) writes, one version per call.
+    # The test session (the active one) writes one version of one file per call.
+    spark = SparkSession.getActiveSession()
+    assert spark is not None
+    frame = spark.createDataFrame(data, schema=BRONZE_EVENTS_RAW.schema).coalesce(1)
     version = catalog.info(BRONZE_EVENTS_RAW.name).version
-    writer.append(data, "test-bronze", 0 if version is None else version + 1)
+    writer.append_frame(frame, "test-bronze", 0 if version is None else version + 1)
 
 
 def rows(spark: SparkSession, catalog: Catalog, table: str) -> list[dict[str, Any]]:
@@ -261,11 +264,11 @@ def test_exact_duplicates_across_two_micro_batches_appear_once(
 def test_accounting_holds_across_a_mid_stream_stop_and_replays_add_nothing(
     spark: SparkSession, settings: Settings
 ) -> None:
-    capped = settings.model_copy(update={"silver": SilverSettings(max_rows_per_trigger=150)})
+    capped = settings.model_copy(update={"silver": SilverSettings(max_files_per_trigger=1)})
     catalog = Catalog(capped.storage)
     generator = ClickstreamGenerator(users=100, items=50, seed=5, bad_fraction=0.1, end=NOW)
     values = [e.value.decode("utf-8", "replace") for e in generator.events(900)]
-    for chunk in range(6):  # six bronze versions of 150 rows: six silver micro-batches
+    for chunk in range(6):  # six bronze versions (one file each): six silver micro-batches
         land_in_bronze(catalog, values[chunk * 150 : (chunk + 1) * 150])
 
     def stop_after_two(query: Any, stats: Any) -> None:
@@ -275,7 +278,8 @@ def test_accounting_holds_across_a_mid_stream_stop_and_replays_add_nothing(
     first = run_silver(
         spark,
         capped,
-        trigger=TriggerSettings(mode="processing-time", interval="4 seconds"),
+        # Longer than a batch takes, so the query is idle between triggers and can stop there.
+        trigger=TriggerSettings(mode="processing-time", interval="15 seconds"),
         on_progress=stop_after_two,
         timeout_s=120,
     )
@@ -321,8 +325,10 @@ def test_a_half_written_batch_is_completed_without_duplicates_on_replay(
     # the results commit never happened (its log entry is gone), nor the checkpoint's entry.
     results_log = Path(catalog.location(QUALITY_BATCH_RESULTS.name)) / "_delta_log"
     last = catalog.delta_table(QUALITY_BATCH_RESULTS.name).version()
-    for entry in results_log.glob(f"{last:020d}.*"):
+    # The commit file, its Delta checksum and Hadoop's hidden .crc of each.
+    for entry in [*results_log.glob(f"{last:020d}.*"), *results_log.glob(f".{last:020d}.*")]:
         entry.unlink()
+    spark._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # as a restarted process would
     assert catalog.info(QUALITY_BATCH_RESULTS.name).rows == 0
     forget_commit(catalog.checkpoint(SILVER_EVENTS.name), 0)
 
