@@ -231,10 +231,11 @@ def kafka_serve(
     idle = threading.Event()
     try:
         out.print(f"starting {brokers} embedded Kafka broker(s), data in {data_dir} …")
+        sys.stdout.flush()
         with embedded_broker(settings, num_brokers=brokers, data_dir=data_dir) as broker:
             state = write_embedded_state(settings, broker)
             out.print(
-                f"embedded Kafka listening on [bold]{broker.bootstrap_servers}[/] "
+                f"embedded Kafka broker listening on [bold]{broker.bootstrap_servers}[/] "
                 f"(started in {broker.start_seconds:.1f}s)"
             )
             out.print(f"  (address recorded in {state}; Ctrl-C to stop)")

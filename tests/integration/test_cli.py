@@ -252,8 +252,13 @@ def served_broker(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]
     )
     try:
         assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert "embedded Kafka broker listening on 127.0.0.1:" in first, first + proc.stderr.read()
+        seen = ""
+        while "listening on 127.0.0.1:" not in seen and proc.poll() is None:
+            seen += proc.stdout.readline()  # "starting …" first (it may wrap), then the address
+        if "listening on 127.0.0.1:" not in seen:
+            pytest.fail(seen + proc.stderr.read())  # it exited: stderr is complete
+        assert "starting 1 embedded Kafka broker(s)" in seen
+        assert "embedded Kafka broker listening on 127.0.0.1:" in seen
         yield data, proc
     finally:
         if proc.poll() is None:

@@ -171,7 +171,8 @@ def test_explore_gold_stops_at_each_missing_step_and_then_shows_everything(
     no_snapshot = run_notebook(path, "test", overrides=overrides, spark=spark)
     assert no_snapshot.exit_json()["stopped_at"] == "snapshot"
     assert "No snapshot yet: pin one with `lakehouse snapshot create NAME`" in no_snapshot.output
-    assert "gold_user_features" in no_snapshot.output  # the views it registered
+    assert "tables: bronze.events_raw" in no_snapshot.output  # registered under their names
+    assert "gold.user_features" in no_snapshot.output
 
     Snapshots(catalog).create("explore", DEFAULT_SNAPSHOT_TABLES, "notebook test", spark=spark)
     no_training_set = run_notebook(path, "test", overrides=overrides, spark=spark)
