@@ -68,10 +68,13 @@ def test_bronze_lands_every_record_once_and_a_rerun_adds_nothing(
     # Time travel: the version of the first run still reads exactly its 1,000 rows.
     assert catalog.read(spark, BRONZE_EVENTS_RAW.name, version=version).count() == 1_000
     commits = catalog.history(BRONZE_EVENTS_RAW.name)
-    batches = len(first.stats.batches)
+    # One commit per micro-batch that read data (none for the idle rerun), newest first, each
+    # stamped with its batch id; the batch ids go on across runs of the same checkpoint.
+    batches = [*first.stats.batches, *more.stats.batches]
     assert [c["lakehouse.batch_id"] for c in commits if "lakehouse.batch_id" in c] == [
-        str(b) for b in reversed(range(batches))
+        str(b["batch_id"]) for b in reversed(batches)
     ]
+    assert [b["batch_id"] for b in batches] == list(range(len(batches)))
 
 
 def test_continuous_trigger_picks_up_new_data_until_stopped(
