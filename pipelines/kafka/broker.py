@@ -531,7 +531,7 @@ def _reap_orphans(state: dict[str, Any], root: Path) -> None:
     if not alive:
         return
     owner = int(state.get("owner_pid", -1))
-    if owner == os.getpid() or _pid_alive(owner):
+    if owner == os.getpid() or pid_alive(owner):
         raise EmbeddedKafkaError(
             f"an embedded Kafka broker of process {owner} (JVM pids {alive}) already runs on "
             f"{root}; stop it first, or use another data folder"
@@ -543,13 +543,13 @@ def _reap_orphans(state: dict[str, Any], root: Path) -> None:
         except ProcessLookupError:
             continue
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while any(_pid_alive(pid) for pid in alive) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in alive) and time.monotonic() < deadline:
         time.sleep(0.05)  # not our children: nothing to wait() on
 
 
 def _is_our_broker(pid: int, root: Path) -> bool:
     """Whether ``pid`` is a live ``kafka.Kafka`` JVM with its config under ``root``."""
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return False
     done = subprocess.run(
         ["ps", "-ww", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, check=False
@@ -557,7 +557,8 @@ def _is_our_broker(pid: int, root: Path) -> bool:
     return "kafka.Kafka" in done.stdout and str(root) in done.stdout
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one we may not signal counts as alive)."""
     if pid <= 0:
         return False
     try:

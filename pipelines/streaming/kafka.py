@@ -23,7 +23,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from pipelines.config import KafkaSettings, Settings
-from pipelines.kafka.broker import EmbeddedKafka, EmbeddedKafkaError
+from pipelines.kafka.broker import EmbeddedKafka, EmbeddedKafkaError, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def resolve_bootstrap(settings: Settings) -> str:
             f"no embedded Kafka broker is running ({path} is missing); {hint}"
         )
     state = json.loads(path.read_text())
-    if not _pid_alive(int(state.get("pid", -1))):
+    if not pid_alive(int(state.get("pid", -1))):
         raise KafkaUnavailableError(
             f"the embedded Kafka broker recorded in {path} has stopped; {hint}"
         )
@@ -224,18 +224,6 @@ def embedded_or_configured(settings: Settings) -> Iterator[str]:
         yield broker.bootstrap_servers
     finally:
         broker.stop()
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _QuietLogger(logging.Logger):
