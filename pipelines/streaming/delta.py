@@ -49,7 +49,6 @@ class BatchWriteStats:
     batches_written: int = 0
     batches_skipped: int = 0
     rows_written: int = 0
-    collect_s: float = 0.0
     write_s: float = 0.0
     last_version: int | None = None
     batches: list[dict[str, Any]] = field(default_factory=list)
@@ -160,10 +159,10 @@ class DeltaWriter:
                 batch_id,
                 app_id,
             )
-            return AppendResult(True, 0, self.version(session), 0.0)
+            return AppendResult(True, 0, self.version(), 0.0)
         data = conform(data, self.spec.arrow_schema)
         if data.num_rows == 0 and replace_where is None:  # an empty batch makes no commit
-            return AppendResult(False, 0, self.version(session), time.perf_counter() - started)
+            return AppendResult(False, 0, self.version(), time.perf_counter() - started)
         frame = session.createDataFrame(data, schema=self.spec.schema)
         return self.append_frame(
             frame, app_id, batch_id, metadata, started=started, replace_where=replace_where
@@ -202,7 +201,7 @@ class DeltaWriter:
         else:
             writer = writer.mode("overwrite").option("replaceWhere", replace_where)
         writer.save(self.location)
-        version, rows, ours = self._last_commit(session, stamp)
+        version, rows, ours = self._last_commit(stamp)
         if not ours:  # Delta skipped it: the (app id, batch id) landed meanwhile
             return AppendResult(True, 0, version, time.perf_counter() - started)
         return AppendResult(False, rows, version, time.perf_counter() - started)
@@ -228,13 +227,13 @@ class DeltaWriter:
             log.warning(
                 "%s: merge %s of %s already committed; skipping", self.spec.name, batch_id, app_id
             )
-            return self.version(session)
+            return self.version()
         columns = [c for c in data.column_names if c != delete_flag]
         source = conform(data.select(columns), self.spec.arrow_schema)
         if delete_flag is not None:
             source = source.append_column(delete_flag, data.column(delete_flag))
         if source.num_rows == 0:
-            return self.version(session)
+            return self.version()
         target = DeltaTable.forPath(session, self.location).alias("t")
         merger = target.merge(session.createDataFrame(source).alias("s"), f"t.{key} = s.{key}")
         if delete_flag is None:
@@ -252,14 +251,14 @@ class DeltaWriter:
             )
         with idempotent_dml(session, app_id, batch_id, _commit_stamp(app_id, batch_id, None)):
             merger.execute()
-        return self.version(session)
+        return self.version()
 
-    def version(self, spark: SparkSession | None = None) -> int:
+    def version(self) -> int:
         """The table's latest version (-1 before it exists)."""
         log = self._delta_log()
         return -1 if log is None else int(log.version())
 
-    def _last_commit(self, spark: SparkSession, stamp: str) -> tuple[int, int, bool]:
+    def _last_commit(self, stamp: str) -> tuple[int, int, bool]:
         """(version, rows written, whether it is the commit stamped ``stamp``)."""
         log = self._delta_log()
         if log is None:
@@ -332,7 +331,6 @@ def append_handler(
             {
                 "batch_id": batch_id,
                 "rows": result.rows,
-                "collect_ms": 0.0,
                 "write_ms": round(result.seconds * 1000, 1),
                 "version": result.version,
             }
