@@ -12,11 +12,15 @@ JARS   := .jars/.resolved
 demo: check-java $(STAMP) $(JARS)
 	$(BIN)/lakehouse demo
 
+# Two pytest-xdist workers (each with its own SparkSession) share one Kafka broker; a worker
+# takes the next test when it is free, so the long end-to-end tests do not queue behind others.
+TEST_WORKERS ?= 2
+
 test: check-java $(STAMP) $(JARS)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: check-java $(STAMP) $(JARS)
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipelines tests

@@ -224,6 +224,14 @@ class KafkaConsumerSettings(_Model):
         default=100_000, ge=1, description="Records one Spark task reads at most."
     )
     poll_timeout_s: float = Field(default=30.0, gt=0)
+    fetch_max_wait_ms: int = Field(
+        default=20,
+        ge=0,
+        le=30_000,
+        description="How long the broker may hold a fetch that has less than fetch.min.bytes. "
+        "Spark reads each topic-partition's range with its own fetches and, at Kafka's default "
+        "of 500 ms, waited that long once per partition per micro-batch.",
+    )
     metadata_timeout_s: float = Field(default=10.0, gt=0)
     fail_on_data_loss: bool = True
 

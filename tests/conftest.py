@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +65,61 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     session.stop()
 
 
+@dataclass(frozen=True)
+class SharedBroker:
+    """Where the session's Apache Kafka broker listens (all a test needs of it)."""
+
+    bootstrap_servers: str
+
+
+_BROKER_KEY = "lakehouse_kafka_bootstrap"
+
+
+def _distributed(config: pytest.Config) -> bool:
+    """True in the pytest-xdist controller of a run with workers (``-n N``)."""
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", 0))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # With xdist, the controller owns the one broker of the run and hands its address to every
+    # worker (pytest_configure_node), so two workers share a broker as one process would.
+    if _distributed(config):
+        broker = EmbeddedKafka(partitions=4)
+        broker.start()
+        config.stash[_broker_stash] = broker
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    broker = config.stash.get(_broker_stash, None)
+    if broker is not None:
+        broker.stop()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    broker = node.config.stash.get(_broker_stash, None)
+    if broker is not None:
+        node.workerinput[_BROKER_KEY] = broker.bootstrap_servers
+
+
+_broker_stash = pytest.StashKey[EmbeddedKafka]()
+
+
 @pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[EmbeddedKafka]:
-    """One Apache Kafka broker (a JVM, ~5 s to start) for the whole session. Test topics are
-    created on first produce with 4 partitions: enough to exercise multi-partition reads, few
-    enough to keep Spark's tasks per micro-batch low on two cores."""
+def kafka_broker(request: pytest.FixtureRequest) -> Iterator[SharedBroker]:
+    """One Apache Kafka broker (a JVM, ~5 s to start) for the whole run, shared by the xdist
+    workers. Test topics are created on first produce with 4 partitions: enough to exercise
+    multi-partition reads, few enough to keep Spark's tasks per micro-batch low on two cores."""
+    shared = getattr(request.config, "workerinput", {}).get(_BROKER_KEY)
+    if shared:
+        yield SharedBroker(shared)
+        return
     with EmbeddedKafka(partitions=4) as broker:
-        yield broker
+        yield SharedBroker(broker.bootstrap_servers)
 
 
 @pytest.fixture
-def lake_settings(tmp_path: Path, kafka_broker: EmbeddedKafka) -> Settings:
+def lake_settings(tmp_path: Path, kafka_broker: SharedBroker) -> Settings:
     """Test settings on the embedded broker, with topics no other test uses."""
     topics = unique_topics()
     return make_settings(

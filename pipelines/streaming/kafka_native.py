@@ -92,6 +92,7 @@ def native_kafka_options(
         "minPartitions": str(consumer.min_partitions),
         "maxRecordsPerPartition": str(consumer.max_records_per_partition),
         "kafkaConsumer.pollTimeoutMs": str(int(consumer.poll_timeout_s * 1000)),
+        "kafka.fetch.max.wait.ms": str(consumer.fetch_max_wait_ms),
     }
     if consumer.max_offsets_per_trigger:
         options["maxOffsetsPerTrigger"] = str(consumer.max_offsets_per_trigger)

@@ -23,11 +23,10 @@ from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import Snapshots
 from pipelines.lake.tables import BRONZE_EVENTS_RAW, GOLD_USER_FEATURES
 from pipelines.notebooks import run_notebook
-from pipelines.streaming.kafka import EmbeddedKafka
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import publish_clickstream
 from pipelines.training.sets import build_training_set
-from tests.conftest import REPO
+from tests.conftest import REPO, SharedBroker
 from tests.streaming.helpers import produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,7 +34,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NOTEBOOKS = REPO / "notebooks"
 
 
-def lake_overrides(root: Path, broker: EmbeddedKafka) -> dict[str, Any]:
+def lake_overrides(root: Path, broker: SharedBroker) -> dict[str, Any]:
     """Storage under ``root``, the session broker with topics no other test uses, no GX."""
     suffix = uuid.uuid4().hex[:8]
     topics = {t: f"{t}-{suffix}" for t in EVENT_TYPES} | {
@@ -55,7 +54,7 @@ def _repo_conf(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bronze_notebook_lands_what_kafka_holds_and_a_rerun_adds_nothing(
-    spark: SparkSession, kafka_broker: EmbeddedKafka, tmp_path: Path
+    spark: SparkSession, kafka_broker: SharedBroker, tmp_path: Path
 ) -> None:
     overrides = lake_overrides(tmp_path / "lake", kafka_broker)
     settings = load_settings("test", overrides=overrides)
@@ -96,7 +95,7 @@ def test_bronze_notebook_lands_what_kafka_holds_and_a_rerun_adds_nothing(
 
 @pytest.fixture(scope="module")
 def gold_lake(
-    spark: SparkSession, kafka_broker: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory
+    spark: SparkSession, kafka_broker: SharedBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[dict[str, Any], Settings, dict[str, Any]]]:
     """Synthetic clickstream in Kafka, then the streaming jobs bronze -> silver -> sessions ->
     gold, called as the notebooks call them (through ``pipelines.jobs``)."""
@@ -207,7 +206,7 @@ def test_explore_gold_stops_at_each_missing_step_and_then_shows_everything(
 
 
 def test_explore_gold_on_an_empty_lake_says_what_to_run(
-    spark: SparkSession, kafka_broker: EmbeddedKafka, tmp_path: Path
+    spark: SparkSession, kafka_broker: SharedBroker, tmp_path: Path
 ) -> None:
     overrides = lake_overrides(tmp_path / "empty", kafka_broker)
     result = run_notebook(NOTEBOOKS / "explore_gold.py", "test", overrides=overrides, spark=spark)

@@ -23,8 +23,7 @@ from pipelines.bronze.job import run_bronze
 from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import BRONZE_EVENTS_RAW
-from pipelines.streaming.kafka import EmbeddedKafka
-from tests.conftest import REPO
+from tests.conftest import REPO, SharedBroker
 from tests.streaming.helpers import contiguous, produce
 
 pytestmark = [pytest.mark.streaming, pytest.mark.slow]
@@ -51,7 +50,7 @@ def mid_batch(checkpoint: Path) -> int | None:
 
 
 def test_bronze_killed_mid_batch_restarts_with_every_message_exactly_once(
-    spark: SparkSession, lake_settings: Settings, kafka_broker: EmbeddedKafka, tmp_path: Path
+    spark: SparkSession, lake_settings: Settings, kafka_broker: SharedBroker, tmp_path: Path
 ) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     topics = lake_settings.kafka.topics

@@ -14,7 +14,8 @@ from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import BRONZE_EVENTS_RAW
 from pipelines.streaming.delta import BatchWriteStats
-from pipelines.streaming.kafka import EmbeddedKafka, KafkaUnavailableError
+from pipelines.streaming.kafka import KafkaUnavailableError
+from tests.conftest import SharedBroker
 from tests.streaming.helpers import contiguous, forget_commit, produce
 
 pytestmark = pytest.mark.streaming
@@ -28,7 +29,7 @@ def small_batches(settings: Settings, cap: int = 250) -> Settings:
 
 
 def test_bronze_lands_every_record_once_and_a_rerun_adds_nothing(
-    spark: SparkSession, lake_settings: Settings, kafka_broker: EmbeddedKafka
+    spark: SparkSession, lake_settings: Settings, kafka_broker: SharedBroker
 ) -> None:
     settings = small_batches(lake_settings)
     bootstrap = kafka_broker.bootstrap_servers
@@ -78,7 +79,7 @@ def test_bronze_lands_every_record_once_and_a_rerun_adds_nothing(
 
 
 def test_continuous_trigger_picks_up_new_data_until_stopped(
-    spark: SparkSession, lake_settings: Settings, kafka_broker: EmbeddedKafka
+    spark: SparkSession, lake_settings: Settings, kafka_broker: SharedBroker
 ) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     topic = lake_settings.kafka.topics.add_to_cart
@@ -106,7 +107,7 @@ def test_continuous_trigger_picks_up_new_data_until_stopped(
 
 
 def test_batch_already_committed_before_a_crash_is_skipped_on_replay(
-    spark: SparkSession, lake_settings: Settings, kafka_broker: EmbeddedKafka
+    spark: SparkSession, lake_settings: Settings, kafka_broker: SharedBroker
 ) -> None:
     settings = small_batches(lake_settings)
     bootstrap = kafka_broker.bootstrap_servers
@@ -134,7 +135,7 @@ def test_batch_already_committed_before_a_crash_is_skipped_on_replay(
 
 
 def test_bronze_table_has_the_declared_schema_and_partitioning(
-    spark: SparkSession, lake_settings: Settings, kafka_broker: EmbeddedKafka
+    spark: SparkSession, lake_settings: Settings, kafka_broker: SharedBroker
 ) -> None:
     produce(lake_settings, kafka_broker.bootstrap_servers, lake_settings.kafka.topics.search, 10)
     run_bronze(spark, lake_settings, kafka_broker.bootstrap_servers)

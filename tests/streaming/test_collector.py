@@ -17,7 +17,7 @@ from pipelines.collector import BackgroundCollector
 from pipelines.collector.access import RateLimiter, WriteKeys, presented_key, truncate_ip
 from pipelines.config import ConfigError, RateLimitSettings, Settings
 from pipelines.streaming.kafka import EmbeddedKafka
-from tests.conftest import make_settings
+from tests.conftest import SharedBroker, make_settings
 from tests.streaming.helpers import metric_samples, read_topic
 
 pytestmark = pytest.mark.streaming
@@ -112,7 +112,7 @@ def test_gzip_bodies_are_accepted(collector: BackgroundCollector, lake_settings:
     assert len(topic_values(lake_settings, lake_settings.kafka.topics.click)) == 3
 
 
-def test_refused_requests_never_reach_kafka(tmp_path: Any, kafka_broker: EmbeddedKafka) -> None:
+def test_refused_requests_never_reach_kafka(tmp_path: Any, kafka_broker: SharedBroker) -> None:
     suffix = uuid.uuid4().hex[:8]
     settings = make_settings(
         tmp_path,

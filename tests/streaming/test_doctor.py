@@ -10,14 +10,13 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.doctor import run_checks
-from pipelines.streaming.kafka import EmbeddedKafka
-from tests.conftest import conf_folder, free_port, make_settings
+from tests.conftest import SharedBroker, conf_folder, free_port, make_settings
 
 pytestmark = pytest.mark.streaming
 
 
 def test_doctor_passes_on_the_embedded_defaults_and_reports_every_jar_and_connector(
-    spark: SparkSession, kafka_broker: EmbeddedKafka, tmp_path: Path
+    spark: SparkSession, kafka_broker: SharedBroker, tmp_path: Path
 ) -> None:
     settings = make_settings(tmp_path, kafka={"bootstrap_servers": kafka_broker.bootstrap_servers})
     checks = {c.name: c for c in run_checks(settings, spark_factory=lambda _s: spark)}

@@ -26,11 +26,10 @@ from pipelines.monitoring.health import collect_health
 from pipelines.monitoring.report import build_report
 from pipelines.silver.job import run_silver
 from pipelines.streaming.delta import BatchWriteStats
-from pipelines.streaming.kafka import EmbeddedKafka
 from pipelines.streaming.queries import stop_gracefully
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import publish_clickstream
-from tests.conftest import conf_folder, make_settings, unique_topics
+from tests.conftest import SharedBroker, conf_folder, make_settings, unique_topics
 from tests.streaming.helpers import metric_samples
 
 pytestmark = pytest.mark.streaming
@@ -38,7 +37,7 @@ pytestmark = pytest.mark.streaming
 AVAILABLE_NOW = TriggerSettings(mode="available-now")
 
 
-def settings_for(tmp_path: Path, broker: EmbeddedKafka, per_trigger: int) -> Settings:
+def settings_for(tmp_path: Path, broker: SharedBroker, per_trigger: int) -> Settings:
     return make_settings(
         tmp_path / "lake",
         kafka={
@@ -56,7 +55,7 @@ def progress_rows(catalog: Catalog) -> list[dict]:
 
 
 def test_every_micro_batch_is_recorded_and_a_quarantine_spike_fires_its_alert(
-    spark: SparkSession, kafka_broker: EmbeddedKafka, tmp_path: Path
+    spark: SparkSession, kafka_broker: SharedBroker, tmp_path: Path
 ) -> None:
     settings = settings_for(tmp_path, kafka_broker, per_trigger=450)
     generator = ClickstreamGenerator(users=50, items=30, seed=11, bad_fraction=0.3)
@@ -164,7 +163,7 @@ def test_every_micro_batch_is_recorded_and_a_quarantine_spike_fires_its_alert(
 
 
 def test_a_query_that_stops_with_records_waiting_fires_the_stalled_alert(
-    spark: SparkSession, kafka_broker: EmbeddedKafka, tmp_path: Path
+    spark: SparkSession, kafka_broker: SharedBroker, tmp_path: Path
 ) -> None:
     settings = settings_for(tmp_path, kafka_broker, per_trigger=400)
     generator = ClickstreamGenerator(users=40, items=20, seed=5)

@@ -37,10 +37,9 @@ from pipelines.lake.tables import (
 )
 from pipelines.silver.job import run_silver, silver_suite_validator
 from pipelines.silver.sessions_job import run_sessions
-from pipelines.streaming.kafka import EmbeddedKafka
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import publish_clickstream
-from tests.conftest import free_port, make_settings, unique_topics
+from tests.conftest import SharedBroker, free_port, make_settings, unique_topics
 
 pytestmark = [pytest.mark.streaming, pytest.mark.slow]
 
@@ -127,7 +126,7 @@ def run_layers(
 
 
 def test_s3_root_runs_every_layer_with_the_same_rows_as_local_storage(
-    spark: SparkSession, kafka_broker: EmbeddedKafka, s3_endpoint: str, tmp_path: Path
+    spark: SparkSession, kafka_broker: SharedBroker, s3_endpoint: str, tmp_path: Path
 ) -> None:
     kafka = {"bootstrap_servers": kafka_broker.bootstrap_servers, "topics": unique_topics()}
     local = make_settings(tmp_path / "local", kafka=kafka)

@@ -38,12 +38,11 @@ from pipelines.streaming.delta import (
     BatchWriteStats,
     idempotent_dml,
 )
-from pipelines.streaming.kafka import EmbeddedKafka
 from pipelines.streaming.kafka_native import KAFKA_RECORDS_SCHEMA, kafka_records
 from pipelines.streaming.queries import await_query, start_table_stream
 from pipelines.streaming.sinks import append_handler, ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream, kafka_stream
-from tests.conftest import make_settings
+from tests.conftest import SharedBroker, make_settings
 from tests.streaming.helpers import contiguous, forget_commit, produce
 
 pytestmark = pytest.mark.streaming
@@ -147,7 +146,7 @@ def table_rows(spark: SparkSession, catalog: Catalog, spec: TableSpec) -> list[t
 def test_kafka_source_yields_every_record_once_within_the_trigger_cap(
     spark: SparkSession,
     lake_settings: Settings,
-    kafka_broker: EmbeddedKafka,
+    kafka_broker: SharedBroker,
     tmp_path: Path,
 ) -> None:
     settings = capped(lake_settings, 150)
@@ -319,7 +318,7 @@ def test_append_sink_creates_the_table_and_commits_each_app_batch_once(
 def test_append_handler_skips_a_batch_replayed_after_a_crash(
     spark: SparkSession,
     lake_settings: Settings,
-    kafka_broker: EmbeddedKafka,
+    kafka_broker: SharedBroker,
 ) -> None:
     settings = capped(lake_settings, 100)
     bootstrap = kafka_broker.bootstrap_servers

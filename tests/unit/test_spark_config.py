@@ -150,6 +150,7 @@ def test_native_options_map_the_consumer_settings(tmp_path: Path) -> None:
         "minPartitions": "3",
         "maxRecordsPerPartition": "700",
         "kafkaConsumer.pollTimeoutMs": "12500",
+        "kafka.fetch.max.wait.ms": "20",
         "maxOffsetsPerTrigger": "5000",
         "kafka.security.protocol": "PLAINTEXT",
     }
