@@ -126,3 +126,14 @@ def lake_settings(tmp_path: Path, kafka_broker: SharedBroker) -> Settings:
         tmp_path / "lake",
         kafka={"bootstrap_servers": kafka_broker.bootstrap_servers, "topics": topics},
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long tests first, unit tests last: with ``--dist worksteal`` the short tests then fill the
+    workers' gaps at the end instead of one worker finishing a long test alone."""
+    weight = {"slow": 0, "streaming": 1}
+
+    def rank(item: pytest.Item) -> int:
+        return min((weight.get(m.name, 2) for m in item.iter_markers()), default=2)
+
+    items.sort(key=rank)
