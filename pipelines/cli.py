@@ -1478,11 +1478,15 @@ def drift_check(
 @friendly_errors
 def quality_check(env: EnvOption = None, as_json: JsonOption = False) -> None:
     """Check the accounting: every batch's input = silver + quarantine + duplicates (+ dropped),
-    and batch totals match the tables. Exits 1 when broken."""
+    batch totals match the tables, and every Great Expectations suite ran and passed (each
+    silver batch that wrote rows has a result; gold's latest). Exits 1 when broken."""
     from pipelines.quality.report import accounting_report
 
     settings = _settings(env)
-    report = accounting_report(Catalog.for_settings(settings))
+    report = accounting_report(
+        Catalog.for_settings(settings),
+        require_suites=settings.quality.great_expectations.enabled,
+    )
     if as_json:
         print(json.dumps({"ok": report.ok, **report.__dict__}, default=str))
     else:
@@ -1499,6 +1503,8 @@ def quality_check(env: EnvOption = None, as_json: JsonOption = False) -> None:
             )
         for mismatch in report.mismatches:
             out.print(f"  [red]✗[/] {mismatch}")
+        for problem in report.suite_problems:
+            out.print(f"  [red]✗[/] {problem}", highlight=False)
     if not report.ok:
         raise typer.Exit(1)
 

@@ -478,7 +478,35 @@ class CollectorSettings(_Model):
     max_body_bytes: int = Field(
         default=1_048_576, ge=1_024, description="Largest (decompressed) request body; 413 above."
     )
-    max_events_per_request: int = Field(default=2_000, ge=1)
+    max_events_per_request: int = Field(
+        default=2_000,
+        ge=1,
+        description="Events per request *after* Segment mapping (an Order Completed counts one "
+        "per product line); 413 above. The rate limit counts the same events.",
+    )
+    max_event_bytes: int = Field(
+        default=262_144,
+        ge=1_024,
+        le=900_000,
+        description="Largest serialised event; a larger one goes to the DLQ as event_too_large "
+        "(Kafka refuses messages over ~1 MB, which would fail the whole request forever).",
+    )
+    max_dlq_excerpt_bytes: int = Field(
+        default=4_096,
+        ge=256,
+        le=65_536,
+        description="A dead-letter record keeps the original only up to this size; a larger "
+        "one is kept as an excerpt of this length, its byte size and its SHA-256.",
+    )
+    max_nesting: int = Field(
+        default=32, ge=4, le=200, description="Deepest JSON nesting in an event (too_deep)."
+    )
+    dedup_window: int = Field(
+        default=200_000,
+        ge=0,
+        description="Event ids acknowledged by Kafka that the collector remembers, so a retried "
+        "request never publishes them again (0 turns it off).",
+    )
     rate_limit: RateLimitSettings = RateLimitSettings()
     produce_timeout_s: float = Field(
         default=10.0, gt=0, description="Wait this long for Kafka's acknowledgement, then 503."

@@ -191,7 +191,9 @@ def run_demo(
     model, _ = champion_model(settings)
     known = _most_active_user(spark, catalog)
     picks = model.predict(pd.DataFrame({"user_id": [known, DEMO_NEW_USER], "k": [5, 5]}))
-    accounting = accounting_report(catalog)
+    accounting = accounting_report(
+        catalog, require_suites=settings.quality.great_expectations.enabled
+    )
     quality = latest_results(catalog, settings, limit=1_000)
     suites = quality["suites"]
 

@@ -223,13 +223,16 @@ def quality_report(env: str, limit: int | str = 10, fail_on_broken: bool | str =
     settings = settings_for(env)
     top, fail = _integer("limit", limit), _flag("fail_on_broken", fail_on_broken)
     catalog = Catalog.for_settings(settings)
-    accounting = accounting_report(catalog)
+    accounting = accounting_report(
+        catalog, require_suites=settings.quality.great_expectations.enabled
+    )
     latest = latest_results(catalog, settings, top)
     broken = [b["batch_id"] for b in accounting.broken_batches]
     if fail and not accounting.ok:
         raise AccountingBrokenError(
             f"silver accounting is broken in env {settings.env}: batches {broken or 'none'}, "
-            f"table mismatches {accounting.mismatches or 'none'}; see the details with "
+            f"table mismatches {accounting.mismatches or 'none'}, "
+            f"suites {accounting.suite_problems or 'all ran and passed'}; see the details with "
             f"`lakehouse quality check --env {settings.env}`"
         )
     suites = latest["suites"]

@@ -129,11 +129,13 @@ def lake_settings(tmp_path: Path, kafka_broker: SharedBroker) -> Settings:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Long tests first, unit tests last: with ``--dist worksteal`` the short tests then fill the
-    workers' gaps at the end instead of one worker finishing a long test alone."""
+    """Long tests first, pure-Python tests last: with ``--dist worksteal`` the short tests then
+    fill the workers' gaps at the end instead of one worker finishing a long test alone."""
     weight = {"slow": 0, "streaming": 1}
 
     def rank(item: pytest.Item) -> int:
-        return min((weight.get(m.name, 2) for m in item.iter_markers()), default=2)
+        marked = min((weight.get(m.name, 3) for m in item.iter_markers()), default=3)
+        uses_spark = "spark" in getattr(item, "fixturenames", ())
+        return min(marked, 2) if uses_spark else marked
 
     items.sort(key=rank)

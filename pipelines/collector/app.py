@@ -18,10 +18,11 @@ each event's outcome and is sent only after Kafka acknowledged every message of 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -81,6 +82,7 @@ class Collector:
         self.metrics = CollectorMetrics()
         self.topics = settings.kafka.topics
         self._skew_ms = int(parse_duration(settings.quality.max_future_skew).total_seconds() * 1000)
+        self.acknowledged = AcknowledgedIds(self.config.dedup_window)
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes)
@@ -161,7 +163,7 @@ class Collector:
                 )
         context = self._context(request, path, key_name)
         try:
-            count = _message_count(payload, path)
+            count = _expanded_count(payload, path)
         except BadRequestError as exc:
             return _error(400, str(exc))
         if count > self.config.max_events_per_request:
@@ -180,9 +182,12 @@ class Collector:
                 headers={"Retry-After": retry},
             )
         messages, summary = route(payload, context)
+        # A retry of a request Kafka partly or wholly acknowledged publishes nothing twice.
+        fresh = [m for m in messages if m.event_id is None or m.event_id not in self.acknowledged]
+        summary["already_acknowledged"] = len(messages) - len(fresh)
         t0 = time.perf_counter()
         try:
-            await self.publisher.publish(messages)
+            await self.publisher.publish(fresh, on_acknowledged=self.acknowledged.add)
         except PublishError as exc:
             log.warning("503 for %s: %s", path, exc)
             return _error(
@@ -236,8 +241,9 @@ class Collector:
             mapped = self.mapper.map(message, call)
             message_id = message.get("messageId") if isinstance(message, dict) else None
             errors: list[Violation] = list(mapped.violations)
+            original = _Bounded(message, self.config.max_dlq_excerpt_bytes)  # once per message
             if errors:
-                outgoing.append(self._dead_letter(message, errors, ctx))
+                outgoing.append(self._dead_letter(original, errors, ctx))
             elif mapped.identity is not None:
                 outgoing.append(self._identity(mapped, ctx))
                 self.metrics.identities.inc()
@@ -245,7 +251,7 @@ class Collector:
             for event in mapped.events:
                 if "timestamp" not in event:
                     event["timestamp"] = ctx.received_ms  # Segment: no timestamp = now
-                message_out, violations = self._route_event(event, ctx, original=message)
+                message_out, violations = self._route_event(event, ctx, original=original)
                 outgoing.append(message_out)
                 if violations:
                     errors.extend(violations)
@@ -278,9 +284,29 @@ class Collector:
         """One event to its topic, or to the DLQ with the rules it broke."""
         if isinstance(element, dict):
             self._enrich(element, ctx)
-        violations = self.registry.validate(
-            element, now_ms=ctx.received_ms, max_future_skew_ms=self._skew_ms
-        )
+        depth = _nesting(element, self.config.max_nesting)
+        if depth > self.config.max_nesting:
+            violations = [
+                Violation(
+                    "too_deep",
+                    f"JSON nested deeper than {self.config.max_nesting} levels",
+                )
+            ]
+        else:
+            violations = self.registry.validate(
+                element, now_ms=ctx.received_ms, max_future_skew_ms=self._skew_ms
+            )
+        value = b""
+        if not violations:
+            value = orjson.dumps(element)
+            if len(value) > self.config.max_event_bytes:
+                violations = [
+                    Violation(
+                        "event_too_large",
+                        f"the event is {len(value):,} bytes serialised; the limit is "
+                        f"{self.config.max_event_bytes:,}",
+                    )
+                ]
         if violations:
             if original is None:
                 return self._dead_letter(element, violations, ctx), violations
@@ -288,8 +314,9 @@ class Collector:
         return (
             Outgoing(
                 self.topics.for_event_type(element["event_type"]),
-                orjson.dumps(element),
+                value,
                 element["user_id"],
+                element["event_id"],
             ),
             violations,
         )
@@ -318,16 +345,24 @@ class Collector:
         ctx: RequestContext,
         mapped: Any = None,
     ) -> Outgoing:
+        """One bounded dead-letter record: the rules (at most ``MAX_DLQ_ERRORS``, details cut to
+        ``MAX_DETAIL_CHARS``) and the original, whole when small, else as an excerpt with its
+        size and SHA-256 (``max_dlq_excerpt_bytes``): never an unbounded copy."""
+        limit = self.config.max_dlq_excerpt_bytes
+        errors = _errors(violations[:MAX_DLQ_ERRORS])
+        if len(violations) > MAX_DLQ_ERRORS:
+            errors.append({"rule": "more", "detail": f"{len(violations) - MAX_DLQ_ERRORS} more"})
         record: dict[str, Any] = {
             "received_at": ctx.received_at,
             "endpoint": ctx.endpoint,
             "write_key": ctx.write_key,
-            "errors": _errors(violations),
-            "event": element,
+            "errors": errors,
         }
+        original = element if isinstance(element, _Bounded) else _Bounded(element, limit)
+        record.update(original.fields("event"))
         if mapped is not None:
-            record["mapped"] = mapped
-        key = _user_key(mapped if mapped is not None else element)
+            record.update(_Bounded(mapped, limit).fields("mapped"))
+        key = _user_key(mapped if mapped is not None else original.value)
         return Outgoing(self.topics.dlq, orjson.dumps(record, default=str), key)
 
     def _identity(self, mapped: Mapped, ctx: RequestContext) -> Outgoing:
@@ -357,17 +392,89 @@ class Collector:
         )
 
 
-def _message_count(payload: Any, path: str) -> int:
+MAX_DLQ_ERRORS = 20
+MAX_DETAIL_CHARS = 300
+
+
+class AcknowledgedIds:
+    """The last ``capacity`` event ids Kafka acknowledged (insertion order, bounded memory)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, event_id: object) -> bool:
+        return isinstance(event_id, str) and event_id in self._ids
+
+    def add(self, event_id: str) -> None:
+        if self.capacity <= 0:
+            return
+        self._ids[event_id] = None
+        while len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+
+
+class _Bounded:
+    """A client value as a dead-letter record may hold it: whole when its JSON is at most
+    ``limit`` bytes, else an excerpt plus its size and SHA-256."""
+
+    def __init__(self, value: Any, limit: int) -> None:
+        self.value = value
+        try:
+            raw = orjson.dumps(value, default=str)
+        except orjson.JSONEncodeError as exc:  # e.g. nested past orjson's 254 levels
+            raw = f"<not serialisable: {exc}>".encode()
+            value = None
+        self.size = len(raw)
+        self.sha256 = hashlib.sha256(raw).hexdigest()
+        self.whole = value if self.size <= limit else None
+        self.excerpt = raw[:limit].decode("utf-8", "replace") if self.whole is None else None
+
+    def fields(self, name: str) -> dict[str, Any]:
+        if self.whole is not None or self.excerpt is None:
+            return {name: self.whole, f"{name}_bytes": self.size, f"{name}_sha256": self.sha256}
+        return {
+            f"{name}_excerpt": self.excerpt,
+            f"{name}_bytes": self.size,
+            f"{name}_sha256": self.sha256,
+        }
+
+
+def _nesting(value: Any, limit: int) -> int:
+    """How deep ``value`` nests (iteratively, stopping once past ``limit``)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return depth
+        if isinstance(item, dict):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def _expanded_count(payload: Any, path: str) -> int:
+    """Events a request becomes, counted before mapping: a Segment message with a ``products``
+    list (an Order Completed) is one event per line."""
     if path == "/v1/events":
         return len(_events_of(payload))
     if path in SEGMENT_CALLS:
         if not isinstance(payload, dict):
             raise BadRequestError(f"{path} takes one Segment message (a JSON object)")
-        return 1
+        return _segment_events(payload)
     batch = payload.get("batch") if isinstance(payload, dict) else None
     if not isinstance(batch, list):
         raise BadRequestError('/v1/batch takes {"batch": [messages]}')
-    return len(batch)
+    return sum(_segment_events(m) for m in batch)
+
+
+def _segment_events(message: Any) -> int:
+    props = message.get("properties") if isinstance(message, dict) else None
+    products = props.get("products") if isinstance(props, dict) else None
+    return max(1, len(products)) if isinstance(products, list) else 1
 
 
 def _events_of(payload: Any) -> list[Any]:
@@ -383,7 +490,7 @@ def _events_of(payload: Any) -> list[Any]:
 
 
 def _errors(violations: list[Violation]) -> list[dict[str, str]]:
-    return [{"rule": v.rule, "detail": v.detail} for v in violations]
+    return [{"rule": v.rule, "detail": v.detail[:MAX_DETAIL_CHARS]} for v in violations]
 
 
 def _type_label(element: Any) -> str:

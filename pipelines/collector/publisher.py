@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ class Outgoing:
     topic: str
     value: bytes
     key: str | None
+    event_id: str | None = None  # set for accepted events: what the edge deduplicates on
 
 
 @dataclass
@@ -45,6 +46,15 @@ class _Pending:
     future: asyncio.Future[None]
     remaining: int
     errors: list[str] = field(default_factory=list)
+    delivered: list[str] = field(default_factory=list)
+
+    def callback(self, event_id: str | None) -> Callable[[KafkaError | None, Message], None]:
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is None and event_id is not None:
+                self.delivered.append(event_id)
+            self.on_delivery(err, msg)
+
+        return on_delivery
 
     def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         # Runs on the poll thread only, so the countdown needs no lock.
@@ -93,8 +103,13 @@ class AsyncPublisher:
         self._ready_at = 0.0
         self._ready = False
 
-    async def publish(self, messages: Sequence[Outgoing]) -> None:
+    async def publish(
+        self, messages: Sequence[Outgoing], on_acknowledged: Callable[[str], None] | None = None
+    ) -> None:
         """Produce ``messages`` and return once Kafka acknowledged all of them.
+
+        ``on_acknowledged`` gets the ``event_id`` of every message Kafka acknowledged, also when
+        others failed (so a retried request can skip them).
 
         Raises:
             PublishError: a message failed, the local queue is full, or no acknowledgement
@@ -108,7 +123,10 @@ class AsyncPublisher:
         try:
             for message in messages:
                 self._producer.produce(
-                    message.topic, message.value, message.key, on_delivery=pending.on_delivery
+                    message.topic,
+                    message.value,
+                    message.key,
+                    on_delivery=pending.callback(message.event_id),
                 )
                 produced += 1
         except (BufferError, KafkaException) as exc:
@@ -122,6 +140,10 @@ class AsyncPublisher:
                 f"Kafka did not acknowledge {pending.remaining} of {produced} messages within "
                 f"{self._timeout_s:.0f}s"
             ) from None
+        finally:
+            if on_acknowledged is not None:
+                for event_id in list(pending.delivered):
+                    on_acknowledged(event_id)
 
     def ready(self, timeout_s: float = 2.0, cache_s: float = 2.0) -> bool:
         """Whether a broker answers a metadata request (cached for ``cache_s``; blocking)."""

@@ -62,10 +62,11 @@ class AccountingReport:
     totals: dict[str, int]
     table_rows: dict[str, int]
     mismatches: list[str]
+    suite_problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.broken_batches and not self.mismatches
+        return not self.broken_batches and not self.mismatches and not self.suite_problems
 
 
 def reconcile(results: list[dict[str, Any]], table_rows: dict[str, int]) -> AccountingReport:
@@ -116,3 +117,44 @@ def reconcile(results: list[dict[str, Any]], table_rows: dict[str, int]) -> Acco
             f"but the source holds only {table_rows['source']}"
         )
     return AccountingReport(len(results), broken, dict(totals), table_rows, mismatches)
+
+
+def suite_problems(
+    batches: list[dict[str, Any]], suites: list[dict[str, Any]], gated: str
+) -> list[str]:
+    """What the suite results say against the batches: never green when a check failed or did
+    not run.
+
+    Args:
+        batches: ``quality.batch_results`` rows of the ``gated`` table.
+        suites: every ``quality.suite_results`` row.
+        gated: the table whose every batch that wrote rows must have a suite result
+            (``silver.events``: its rows are published before the suite runs, so any failure
+            counts). For other tables (gold, whose failing batches are not published) only each
+            table's latest result counts.
+    """
+    problems = []
+    latest: dict[str, dict[str, Any]] = {}
+    for row in sorted(suites, key=lambda r: r["run_time"]):
+        latest[row["table"]] = row
+        if row["table"] == gated and not row["success"]:
+            problems.append(_suite_failure(row))
+    problems += [_suite_failure(r) for t, r in latest.items() if t != gated and not r["success"]]
+    validated = {(r["table"], _query_of(r["load_id"]), r["batch_id"]) for r in suites}
+    for batch in batches:
+        key = (batch["table"], _query_of(batch["load_id"]), batch["batch_id"])
+        if batch["table"] == gated and batch["written_rows"] > 0 and key not in validated:
+            problems.append(
+                f"{gated} batch {batch['batch_id']} (query {key[1]}) wrote "
+                f"{batch['written_rows']} rows but has no suite result: its suite did not run"
+            )
+    return problems
+
+
+def _suite_failure(row: dict[str, Any]) -> str:
+    failed = ", ".join(row["failed"]) or "unknown expectations"
+    return f"suite {row['suite']} failed on {row['table']} batch {row['batch_id']}: {failed}"
+
+
+def _query_of(load_id: str | None) -> str | None:
+    return None if load_id is None else load_id.split(":", maxsplit=1)[0]

@@ -14,11 +14,13 @@ from pipelines.lake.tables import (
     SILVER_EVENTS,
     SILVER_QUARANTINE,
 )
-from pipelines.quality.accounting import AccountingReport, reconcile
+from pipelines.quality.accounting import AccountingReport, reconcile, suite_problems
 
 
-def accounting_report(catalog: Catalog) -> AccountingReport:
-    """``lakehouse quality check``: every silver batch's invariant, and totals vs. the tables."""
+def accounting_report(catalog: Catalog, *, require_suites: bool) -> AccountingReport:
+    """``lakehouse quality check``: every silver batch's invariant, totals vs. the tables and,
+    with ``require_suites`` (Great Expectations enabled), the suite results: a failed suite, or
+    a silver batch that wrote rows without a suite result, breaks the check."""
     results = _rows(catalog, QUALITY_BATCH_RESULTS.name)
     silver_rows = [r for r in results if r["table"] == SILVER_EVENTS.name]
     table_rows = {
@@ -26,7 +28,11 @@ def accounting_report(catalog: Catalog) -> AccountingReport:
         "quarantined": _count(catalog, SILVER_QUARANTINE.name),
         "source": _count(catalog, BRONZE_EVENTS_RAW.name),
     }
-    return reconcile(silver_rows, table_rows)
+    report = reconcile(silver_rows, table_rows)
+    if require_suites:
+        suites = _rows(catalog, QUALITY_SUITE_RESULTS.name)
+        report.suite_problems.extend(suite_problems(silver_rows, suites, SILVER_EVENTS.name))
+    return report
 
 
 def latest_results(catalog: Catalog, settings: Settings, limit: int) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from pipelines.lake.tables import (
 from pipelines.quality.accounting import reconcile
 from pipelines.quality.expectations import Expectation, load_rule_set
 from pipelines.quality.report import accounting_report
-from pipelines.silver.job import run_silver
+from pipelines.silver.job import run_silver, silver_suite_validator
 from pipelines.silver.sessions import sessions as all_sessions
 from pipelines.silver.sessions_job import run_sessions, session_events
 from pipelines.streaming.queries import StreamingJobError, stop_gracefully
@@ -144,6 +144,32 @@ def test_every_bad_kind_lands_in_quarantine_with_its_rule(
     (account,) = run.stats.accounts
     assert account.duplicates_in_batch == counts["duplicate"]
     assert (account.input_rows, account.invariant_holds) == (1_200, True)
+
+
+def test_hostile_timestamps_are_quarantined_and_no_silver_row_has_a_null_event_time(
+    spark: SparkSession, settings: Settings
+) -> None:
+    catalog = Catalog(settings.storage)
+    good = event()
+    hostile = {
+        '"timestamp": 4100000000000.0': 4_100_000_000_000.0,  # year 2099, once NULL in silver
+        '"timestamp": 1e30': 1e30,
+        '"timestamp": integral float': float(good["timestamp"]),
+        '"timestamp": "2026-13-45T99:00:00Z"': "2026-13-45T99:00:00Z",
+    }
+    values = [json.dumps(good)] + [json.dumps(event(timestamp=t)) for t in hostile.values()]
+    values.append(json.dumps(good).replace(str(good["timestamp"]), "1" + "0" * 30))  # 10**30
+    land_in_bronze(catalog, values)
+
+    run_silver(spark, settings, trigger=TriggerSettings(mode="available-now"))
+
+    silver = rows(spark, catalog, SILVER_EVENTS.name)
+    assert [r["event_id"] for r in silver] == [good["event_id"]]
+    assert all(r["event_ts"] is not None for r in silver)
+    quarantine = rows(spark, catalog, SILVER_QUARANTINE.name)
+    assert len(quarantine) == len(values) - 1
+    for row in quarantine:
+        assert any(r.endswith(":timestamp") or r == "json_parse" for r in row["failed_rules"]), row
 
 
 def test_a_row_breaking_two_rules_lists_both_and_warnings_never_drop(
@@ -291,7 +317,7 @@ def test_accounting_holds_across_a_mid_stream_stop_and_replays_add_nothing(
     assert sorted(r["batch_id"] for r in results) == list(range(6))
     assert all(r["invariant_holds"] for r in results)
     assert sum(r["input_rows"] for r in results) == 900
-    report = accounting_report(catalog)
+    report = accounting_report(catalog, require_suites=False)  # this lake runs no suites
     assert report.ok, report
     assert (
         report.table_rows["written"]
@@ -415,7 +441,12 @@ def test_quality_check_cli_fails_when_the_accounting_is_broken(
 
     catalog = Catalog(settings.storage)
     land_in_bronze(catalog, [json.dumps(event()), "not json"])
-    run_silver(spark, settings, trigger=TriggerSettings(mode="available-now"))
+    gx = settings.quality.great_expectations.model_copy(update={"enabled": True})
+    checked = settings.model_copy(
+        update={"quality": settings.quality.model_copy(update={"great_expectations": gx})}
+    )
+    validator = silver_suite_validator(checked, catalog)  # the CLI's env runs suites
+    run_silver(spark, settings, trigger=TriggerSettings(mode="available-now"), validator=validator)
     monkeypatch.setenv("LAKEHOUSE_DATA", settings.storage.root)
     runner = CliRunner()
     ok = runner.invoke(app, ["quality", "check", "--env", "test", "--json"])
@@ -430,3 +461,5 @@ def test_quality_check_cli_fails_when_the_accounting_is_broken(
     broken = runner.invoke(app, ["quality", "check", "--env", "test"])
     assert broken.exit_code == 1
     assert "batch 99: input 5 != accounted 2" in broken.output
+    # ...and a batch that wrote rows with no suite result is a suite that did not run.
+    assert "batch 99" in broken.output and "has no suite result" in broken.output

@@ -25,6 +25,7 @@ from pipelines.contracts import (
     event_spark_schema,
     unified_event_schema,
 )
+from pipelines.contracts.registry import MAX_EVENT_TIME_MS, event_time_ms
 from pipelines.contracts.spark_schema import spark_type
 
 NOW_MS = 1_795_000_000_000
@@ -88,6 +89,40 @@ def test_valid_events_pass(registry: ContractRegistry, event_type: str) -> None:
 
 def test_rfc3339_timestamp_is_accepted(registry: ContractRegistry) -> None:
     assert registry.validate(event(timestamp="2026-11-10T10:00:00.123Z"), now_ms=NOW_MS) == []
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        4_100_000_000_000.0,  # year 2099 written as a float: once accepted with a NULL event time
+        1e30,
+        float(NOW_MS),  # integral, still a float
+        NOW_MS + 0.5,
+        10**30,  # an integer no Spark timestamp holds
+        -1,
+        True,
+        "not a date",
+        "",
+        None,
+    ],
+)
+def test_hostile_timestamps_are_refused_by_both_paths(
+    registry: ContractRegistry, timestamp: Any
+) -> None:
+    bad = event(timestamp=timestamp)
+    found = rules(registry, bad)
+    assert any(r.endswith(":timestamp") for r in found), found
+    raw = json.dumps(bad)  # orjson refuses 10**30 itself
+    assert {v.rule for v in registry.check_json(raw)} >= {r for r in found if r.endswith("stamp")}
+    assert event_time_ms(timestamp) is None
+
+
+def test_the_latest_representable_event_time_is_an_integer_in_range(
+    registry: ContractRegistry,
+) -> None:
+    assert event_time_ms(MAX_EVENT_TIME_MS) == MAX_EVENT_TIME_MS
+    latest = event(timestamp=MAX_EVENT_TIME_MS)
+    assert {v.rule for v in registry.validate(latest, now_ms=NOW_MS)} == {"timestamp_in_future"}
 
 
 def test_envelope_is_shared_not_retyped(registry: ContractRegistry) -> None:

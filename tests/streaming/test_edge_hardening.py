@@ -1,0 +1,153 @@
+"""A hostile but authenticated client cannot exhaust the collector or wedge its SDK: expanded
+events are counted, dead-letter records are bounded, retries publish nothing twice."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+import requests
+
+from pipelines.collector import BackgroundCollector
+from pipelines.config import Settings
+from tests.streaming.helpers import read_topic
+
+pytestmark = pytest.mark.streaming
+
+AUTH = {"Authorization": "Bearer test-write-key"}
+
+
+@pytest.fixture
+def collector(lake_settings: Settings) -> Iterator[BackgroundCollector]:
+    with BackgroundCollector(lake_settings, lake_settings.kafka.bootstrap_servers) as running:
+        yield running
+
+
+def click(**extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "click",
+        "user_id": "user-1",
+        "item_id": "item-1",
+        "timestamp": int(time.time() * 1000),
+        "schema_version": 1,
+    } | extra
+
+
+def order(lines: int, bad_every: int = 1) -> dict[str, Any]:
+    products = [
+        {"product_id": f"sku-{i}", "price": 5.0, "quantity": 0 if i % bad_every == 0 else 1}
+        for i in range(lines)
+    ]
+    return {
+        "type": "track",
+        "event": "Order Completed",
+        "userId": "user-1",
+        "messageId": str(uuid.uuid4()),
+        "timestamp": "2026-11-28T10:00:00Z",
+        "properties": {"order_id": "o-1", "currency": "EUR", "products": products},
+    }
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (the collector runs in a thread of it)."""
+    with open("/proc/self/status") as status:
+        line = next(x for x in status if x.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+def values(settings: Settings, topic: str) -> list[bytes]:
+    return [v for _k, v in read_topic(settings.kafka.bootstrap_servers, topic)]
+
+
+def test_an_order_is_counted_by_its_product_lines_against_the_event_cap(
+    collector: BackgroundCollector, lake_settings: Settings
+) -> None:
+    cap = lake_settings.collector.max_events_per_request
+    response = requests.post(
+        f"{collector.url}/v1/batch", json={"batch": [order(cap + 1)]}, headers=AUTH, timeout=30
+    )
+    assert response.status_code == 413, response.text
+    assert f"{cap + 1:,} events" in response.json()["error"]
+    assert values(lake_settings, lake_settings.kafka.topics.dlq) == []
+
+
+def test_dead_letter_records_are_bounded_whatever_the_request_holds(
+    collector: BackgroundCollector, lake_settings: Settings
+) -> None:
+    # 1,500 rejected lines of one ~100 KB order: each line's DLQ record once copied the whole
+    # order (1.5 GB resident for 8,000 lines); now each holds an excerpt and a digest.
+    big = order(1_500)
+    big["properties"]["note"] = "x" * 60_000
+    before = resident_bytes()
+    response = requests.post(
+        f"{collector.url}/v1/batch", json={"batch": [big]}, headers=AUTH, timeout=60
+    )
+    grew = resident_bytes() - before
+    assert response.status_code == 200, response.text
+    dlq = values(lake_settings, lake_settings.kafka.topics.dlq)
+    assert len(dlq) == 1_500
+    limit = lake_settings.collector.max_dlq_excerpt_bytes
+    assert max(len(v) for v in dlq) < 2 * limit + 4_096
+    record = orjson.loads(dlq[0])
+    assert record["event_bytes"] > limit and len(record["event_sha256"]) == 64
+    assert len(record["event_excerpt"]) <= limit and "event" not in record
+    assert record["mapped"]["event_type"] == "purchase"
+    assert grew < 256 * 1024 * 1024, f"resident memory grew by {grew / 2**20:.0f} MB"
+
+
+def test_a_huge_string_or_deep_nesting_is_dead_lettered_and_the_rest_accepted(
+    collector: BackgroundCollector, lake_settings: Settings
+) -> None:
+    # Once: the DLQ record of a 400 KB string exceeded Kafka's message limit (503 forever) and
+    # 253 levels of nesting gave 500, with the valid events of the request re-sent each retry.
+    huge = click(properties={"position": "p" * 400_000})
+    nested: Any = {}
+    for _ in range(300):
+        nested = {"a": nested}
+    deep = click(context=nested)
+    good = [click() for _ in range(3)]
+    body = json.dumps({"batch": [huge, *good, deep]})
+    for _attempt in range(3):  # the SDK's retries of the same request
+        response = requests.post(
+            f"{collector.url}/v1/events",
+            data=body,
+            headers={**AUTH, "Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["rejected", *["accepted"] * 3, "rejected"]
+    assert results[-1]["errors"][0]["rule"] == "too_deep"
+    clicks = [
+        orjson.loads(v)["event_id"] for v in values(lake_settings, lake_settings.kafka.topics.click)
+    ]
+    assert sorted(clicks) == sorted(e["event_id"] for e in good)  # once, not once per retry
+    assert response.json()["already_acknowledged"] == 3
+    for raw in values(lake_settings, lake_settings.kafka.topics.dlq):
+        assert len(raw) < 64 * 1024
+
+
+def test_float_timestamps_are_refused_at_the_edge(
+    collector: BackgroundCollector, lake_settings: Settings
+) -> None:
+    events = [
+        json.dumps(click()).replace('"timestamp": ', f'"timestamp": {ts}, "_t": ')
+        for ts in ("4100000000000.0", "1e30")
+    ]
+    body = '{"batch": [' + ", ".join(events) + "]}"
+    response = requests.post(
+        f"{collector.url}/v1/events",
+        data=body,
+        headers={**AUTH, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    for result in response.json()["results"]:
+        assert result["status"] == "rejected"
+        assert "type:timestamp" in {e["rule"] for e in result["errors"]}
