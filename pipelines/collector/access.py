@@ -41,7 +41,9 @@ class WriteKeys:
         """The name of the key ``presented`` equals, or None."""
         if not presented:
             return None
-        candidate = presented.encode()
+        # Header bytes that are not UTF-8 arrive as surrogates: compare them as the raw bytes
+        # (no match), never fail on them.
+        candidate = presented.encode("utf-8", "surrogateescape")
         found: str | None = None
         for name, key in self._keys:
             if hmac.compare_digest(candidate, key):

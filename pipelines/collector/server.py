@@ -12,6 +12,11 @@ from collections.abc import Callable
 from types import TracebackType
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+from aiohttp.web_server import Server
 
 from pipelines.collector.app import Collector
 from pipelines.collector.publisher import AsyncPublisher
@@ -64,6 +69,9 @@ class CollectorServer:
             self.collector.application(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S
         )
         await self._runner.setup()
+        server = self._runner.server
+        assert server is not None
+        server.__class__ = _ScrubbingServer  # aiohttp has no hook to choose its handler class
         await web.SockSite(self._runner, sock).start()
         return self.url
 
@@ -186,3 +194,33 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+class _ScrubbingHandler(RequestHandler):
+    """aiohttp's connection handler, except that a request it cannot parse (a header with a
+    bare CR, a header line over 8 KiB, …) is answered and logged *without* the offending bytes:
+    they may be an ``Authorization`` header holding a write key, which aiohttp would otherwise
+    print in its log and echo in the 400 body."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> StreamResponse:
+        withheld = (
+            None
+            if exc is None
+            else HttpProcessingError(
+                code=status,
+                message=f"{type(exc).__name__}; details withheld (a header may hold a write key)",
+            )
+        )
+        safe = None if message is None else "malformed request (details withheld)"
+        return super().handle_error(request, status, withheld, safe)
+
+
+class _ScrubbingServer(Server):
+    def __call__(self) -> RequestHandler:
+        return _ScrubbingHandler(self, loop=self._loop, **self._kwargs)

@@ -4,6 +4,8 @@ events are counted, dead-letter records are bounded, retries publish nothing twi
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -151,3 +153,41 @@ def test_float_timestamps_are_refused_at_the_edge(
     for result in response.json()["results"]:
         assert result["status"] == "rejected"
         assert "type:timestamp" in {e["rule"] for e in result["errors"]}
+
+
+def raw_request(url: str, header_lines: list[bytes], body: bytes = b"[]") -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    head = [b"POST /v1/events HTTP/1.1", f"Host: {host}".encode(), *header_lines]
+    head += [b"Content-Type: application/json", f"Content-Length: {len(body)}".encode()]
+    head.append(b"Connection: close")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        b"Authorization: Bearer test-write-key\rX-Injected: 1",  # a bare CR
+        b"Authorization: Bearer test-write-key" + b"A" * 9_000,  # over aiohttp's 8 KiB line
+    ],
+    ids=["bare-cr", "over-8-kib"],
+)
+def test_the_write_key_never_reaches_a_log_or_a_response(
+    collector: BackgroundCollector, caplog: pytest.LogCaptureFixture, authorization: bytes
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    answer = raw_request(collector.url, [authorization])
+    assert answer.split(b" ", 2)[1].startswith(b"4"), answer[:200]
+    assert b"test-write-key" not in answer
+    assert "test-write-key" not in caplog.text
+
+
+def test_a_non_utf8_authorization_header_is_refused_not_a_server_error(
+    collector: BackgroundCollector,
+) -> None:
+    answer = raw_request(collector.url, [b"Authorization: Bearer \xff\xfe\xfa-key"])
+    assert answer.split(b" ", 2)[1] == b"401", answer[:200]
