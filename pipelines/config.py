@@ -498,6 +498,13 @@ class CollectorSettings(_Model):
         description="A dead-letter record keeps the original only up to this size; a larger "
         "one is kept as an excerpt of this length, its byte size and its SHA-256.",
     )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="A request body must arrive within this long (408 after): a client "
+        "trickling bytes cannot hold a connection.",
+    )
     max_nesting: int = Field(
         default=32, ge=4, le=200, description="Deepest JSON nesting in an event (too_deep)."
     )

@@ -97,6 +97,11 @@ def session_conf(settings: Settings) -> dict[str, str]:
                 "spark.sql.warehouse.dir": f"{settings.storage.resolved().root}/_warehouse",
             }
         )
+        storage = settings.storage.resolved()
+        if not storage.remote:
+            # Shuffle and block-manager scratch under the storage root, not the system temp
+            # directory, where a killed JVM used to leave it behind (219 MB after 19 kills).
+            conf["spark.local.dir"] = f"{storage.root}/_spark/scratch"
     conf["spark.sql.extensions"] = DELTA_EXTENSION
     conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
     # Delta reads a table's log with this many tasks (default 50): far too many for small

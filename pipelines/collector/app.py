@@ -139,11 +139,18 @@ class Collector:
         key_name = self.keys.match(header_key)
         if header_key is not None and key_name is None:
             return _error(401, "unknown write key; check the key your client sends")
+        media_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if media_type and not _is_json_media_type(media_type):
+            return _error(
+                415, f"Content-Type {media_type[:64]!r} is not JSON; send application/json"
+            )
         limit = self.config.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return _error(413, f"request body over {limit:,} bytes; send smaller batches")
         try:
-            body = await request.read()
+            body = await asyncio.wait_for(request.read(), self.config.body_timeout_s)
+        except TimeoutError:
+            return _error(408, f"the body did not arrive within {self.config.body_timeout_s:g}s")
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"request body over {limit:,} bytes; send smaller batches")
         except Exception as exc:  # a broken gzip stream or connection surfaces here
@@ -454,6 +461,11 @@ def _nesting(value: Any, limit: int) -> int:
             deepest = max(deepest, depth)
             stack.extend((v, depth + 1) for v in item)
     return deepest
+
+
+def _is_json_media_type(media_type: str) -> bool:
+    """JSON, ``text/plain`` (browser beacons send JSON as it) or a ``+json`` type."""
+    return media_type in ("application/json", "text/plain") or media_type.endswith("+json")
 
 
 def _expanded_count(payload: Any, path: str) -> int:

@@ -191,3 +191,34 @@ def test_a_non_utf8_authorization_header_is_refused_not_a_server_error(
 ) -> None:
     answer = raw_request(collector.url, [b"Authorization: Bearer \xff\xfe\xfa-key"])
     assert answer.split(b" ", 2)[1] == b"401", answer[:200]
+
+
+def test_a_body_that_is_not_json_is_refused_by_its_content_type(
+    collector: BackgroundCollector, lake_settings: Settings
+) -> None:
+    response = requests.post(
+        f"{collector.url}/v1/events",
+        data=b"<xml/>",
+        headers={**AUTH, "Content-Type": "application/xml"},
+        timeout=10,
+    )
+    assert response.status_code == 415 and "application/json" in response.json()["error"]
+
+
+def test_a_trickling_body_times_out_and_the_collector_keeps_serving(
+    lake_settings: Settings,
+) -> None:
+    settings = lake_settings.model_copy(
+        update={"collector": lake_settings.collector.model_copy(update={"body_timeout_s": 1.0})}
+    )
+    with BackgroundCollector(settings, settings.kafka.bootstrap_servers) as running:
+        host, port = running.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(
+                b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-write-key\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{"
+            )
+            answer = slow.recv(65536)
+        assert answer.split(b" ", 2)[1] == b"408", answer[:200]
+        ok = requests.post(f"{running.url}/v1/events", json=[click()], headers=AUTH, timeout=10)
+        assert ok.status_code == 200

@@ -50,6 +50,8 @@ def test_local_session_loads_the_pinned_jars_with_delta_and_downloads_nothing(
     assert conf["spark.sql.session.timeZone"] == "UTC"
     assert conf["spark.driver.bindAddress"] == "127.0.0.1"
     assert conf["spark.sql.warehouse.dir"] == f"{tmp_path.resolve()}/_warehouse"
+    # scratch space under the storage root, not the system temp directory a killed JVM litters
+    assert conf["spark.local.dir"] == f"{tmp_path.resolve()}/_spark/scratch"
     assert "spark.hadoop.fs.s3.impl" not in conf
 
 
@@ -114,6 +116,7 @@ def test_an_s3_root_is_served_by_s3a_with_the_configured_endpoint(tmp_path: Path
         ),
     }
     assert session_conf(settings)["spark.sql.warehouse.dir"] == "s3://lake/recsys/_warehouse"
+    assert "spark.local.dir" not in session_conf(settings)  # a local path only
 
 
 def test_user_conf_overrides_computed_values(tmp_path: Path) -> None:
