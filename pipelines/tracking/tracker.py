@@ -7,9 +7,12 @@ these ways, each counted in ``Tracker.stats``:
   collector's dead-letter topic for breaking the contract; rejected events are not resent);
 * **spooled** — written to a bounded on-disk queue, resent later (``unspooled`` when
   delivered), including by the next process that opens the same ``spool_dir``;
-* **dropped** — only when the spool is full, the disk refuses the write, or the collector says a
-  batch can never be taken (400 malformed, 413 for a single event). Always logged, always in
-  ``last_error``.
+* **parked** — the collector says it can never take the event (413 for a single event, 400 for
+  a batch it cannot parse): it is written with the reason to ``<spool_dir>/parked.jsonl`` for a
+  person to look at, and everything tracked after it carries on (a poison event never blocks
+  the queue);
+* **dropped** — only when the spool is full, the disk refuses a write, or the parked file has
+  reached ``max_parked_bytes``. Always logged, always in ``last_error``.
 
 A retried batch keeps its event ids, so duplicates from retries are removed in silver.
 """
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPOOL_ROOT = Path("~/.cache/lakehouse-tracker")
+# Poison events kept for a person to look at, per spool folder; past this they are dropped.
+MAX_PARKED_BYTES = 16 * 1024 * 1024
 # close() waits at least this long for the sender thread after interrupting it, even when its
 # timeout was spent flushing: spooling what is left takes milliseconds.
 _STOP_GRACE_S = 2.0
@@ -66,6 +71,7 @@ class TrackerStats:
     spooled: int = 0
     unspooled: int = 0
     dropped: int = 0
+    parked: int = 0
     batches_sent: int = 0
     last_error: str | None = None
     queued: int = 0
@@ -265,7 +271,7 @@ class Tracker:
             with self._lock:
                 return self._queued == 0 and len(self._spool) == 0
         with self._lock:
-            marker = _FlushMarker(self._counts.spooled + self._counts.dropped)
+            marker = _FlushMarker(self._counts.spooled + self._counts.dropped + self._counts.parked)
             self._queue.append(marker)
             self._markers += 1
         self._wake.set()
@@ -483,18 +489,18 @@ class Tracker:
                     half = len(chunk) // 2
                     pending.extendleft([(chunk[half:], 0), (chunk[:half], 0)])
                 else:
-                    self._drop(
+                    self._park(
                         chunk,
                         f"event {_event_id(chunk[0])} is too large for the collector even alone "
-                        f"({reply.detail}); it was dropped — send smaller properties",
+                        f"({reply.detail}); it was parked — send smaller properties",
                     )
                 continue
             if reply.verdict is Verdict.MALFORMED:
                 pending.popleft()
-                self._drop(
+                self._park(
                     chunk,
                     f"the collector could not parse a batch of {len(chunk)} events "
-                    f"({reply.detail}); they were dropped — a tracker bug, please report it",
+                    f"({reply.detail}); they were parked — a tracker bug, please report it",
                 )
                 continue
             rest = [event for part, _ in pending for event in part]
@@ -613,9 +619,36 @@ class Tracker:
 
     def _finish(self, marker: _FlushMarker) -> None:
         with self._lock:
-            lost = self._counts.spooled + self._counts.dropped
+            lost = self._counts.spooled + self._counts.dropped + self._counts.parked
         marker.ok = lost == marker.lost_before and len(self._spool) == 0
         marker.done.set()
+
+    def _park(self, events: list[bytes], why: str) -> None:
+        """Keep events the collector can never take in ``parked.jsonl`` with the reason (bounded
+        by ``MAX_PARKED_BYTES``; past it they are dropped, counted and logged)."""
+        path = Path(self.spool_dir) / "parked.jsonl"
+        lines = b"".join(
+            orjson.dumps(
+                {"parked_at": _now_iso(), "reason": why, "event": e.decode("utf-8", "replace")}
+            )
+            + b"\n"
+            for e in events
+        )
+        try:
+            size = path.stat().st_size if path.exists() else 0
+            if size + len(lines) > MAX_PARKED_BYTES:
+                self._drop(events, f"{why}; the parked file {path} is full, so it was dropped")
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("ab") as out:
+                out.write(lines)
+        except OSError as exc:
+            self._drop(events, f"{why}; parking it in {path} failed ({exc}), so it was dropped")
+            return
+        with self._lock:
+            self._counts.parked += len(events)
+            self._counts.last_error = f"{why} (see {path})"
+        log.warning("%s (see %s)", why, path)
 
     def _drop(self, events: list[bytes], why: str) -> None:
         with self._lock:
@@ -633,6 +666,10 @@ class Tracker:
     def _set_error(self, message: str) -> None:
         with self._lock:
             self._counts.last_error = message
+
+
+def _now_iso() -> str:
+    return datetime.now(tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def default_spool_dir(endpoint: str, write_key: str) -> Path:

@@ -63,6 +63,16 @@ def resident_bytes() -> int:
     return int(line.split()[1]) * 1024
 
 
+def post_json(collector: BackgroundCollector, body: str) -> requests.Response:
+    """POST a JSON text as it is (the test controls every byte, e.g. float literals)."""
+    return requests.post(
+        f"{collector.url}/v1/events",
+        data=body,
+        headers={**AUTH, "Content-Type": "application/json"},
+        timeout=30,
+    )
+
+
 def values(settings: Settings, topic: str) -> list[bytes]:
     return [v for _k, v in read_topic(settings.kafka.bootstrap_servers, topic)]
 
@@ -116,12 +126,7 @@ def test_a_huge_string_or_deep_nesting_is_dead_lettered_and_the_rest_accepted(
     good = [click() for _ in range(3)]
     body = json.dumps({"batch": [huge, *good, deep]})
     for _attempt in range(3):  # the SDK's retries of the same request
-        response = requests.post(
-            f"{collector.url}/v1/events",
-            data=body,
-            headers={**AUTH, "Content-Type": "application/json"},
-            timeout=30,
-        )
+        response = post_json(collector, body)
         assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert [r["status"] for r in results] == ["rejected", *["accepted"] * 3, "rejected"]
@@ -142,13 +147,7 @@ def test_float_timestamps_are_refused_at_the_edge(
         json.dumps(click()).replace('"timestamp": ', f'"timestamp": {ts}, "_t": ')
         for ts in ("4100000000000.0", "1e30")
     ]
-    body = '{"batch": [' + ", ".join(events) + "]}"
-    response = requests.post(
-        f"{collector.url}/v1/events",
-        data=body,
-        headers={**AUTH, "Content-Type": "application/json"},
-        timeout=30,
-    )
+    response = post_json(collector, '{"batch": [' + ", ".join(events) + "]}")
     assert response.status_code == 200, response.text
     for result in response.json()["results"]:
         assert result["status"] == "rejected"

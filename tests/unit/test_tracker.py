@@ -405,7 +405,7 @@ def test_retries_exhausted_spools_then_delivers_when_collector_recovers(
     assert (tracker.stats.sent, tracker.stats.in_spool, tracker.stats.dropped) == (5, 0, 0)
 
 
-def test_413_splits_the_batch_and_drops_only_an_event_too_large_alone(
+def test_413_splits_the_batch_and_parks_only_an_event_too_large_alone(
     collector: ScriptedCollector, make_tracker: Callable[..., Tracker]
 ) -> None:
     collector.too_large = lambda r: len(r.batch) > 3 or b"x" * 1000 in r.raw
@@ -426,10 +426,14 @@ def test_413_splits_the_batch_and_drops_only_an_event_too_large_alone(
 
     assert collector.delivered_ids() == [*ids, small, other]
     stats = tracker.stats
-    assert (stats.sent, stats.dropped) == (10, 1)
+    assert (stats.sent, stats.dropped, stats.parked) == (10, 0, 1)
     assert stats.last_error is not None
     assert f"event {huge} is too large for the collector even alone" in stats.last_error
     assert "HTTP 413" in stats.last_error
+    # The poison is parked with its reason, and what came after it was delivered.
+    (parked,) = [orjson.loads(line) for line in (tracker.spool_dir / "parked.jsonl").open("rb")]
+    assert orjson.loads(parked["event"])["event_id"] == huge
+    assert "too large for the collector even alone" in parked["reason"]
 
 
 def test_refused_write_key_keeps_every_event_in_the_spool(
