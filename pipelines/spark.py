@@ -84,6 +84,7 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.streaming.stopActiveRunOnRestart": "true",
     }
     if _is_local(settings):
+        storage = settings.storage.resolved()
         conf.update(
             {
                 "spark.ui.enabled": "false",
@@ -94,10 +95,9 @@ def session_conf(settings: Settings) -> dict[str, str]:
                 "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(
                     spark_settings.shuffle_partitions
                 ),
-                "spark.sql.warehouse.dir": f"{settings.storage.resolved().root}/_warehouse",
+                "spark.sql.warehouse.dir": f"{storage.root}/_warehouse",
             }
         )
-        storage = settings.storage.resolved()
         if not storage.remote:
             # Shuffle and block-manager scratch under the storage root, not the system temp
             # directory, where a killed JVM used to leave it behind (219 MB after 19 kills).

@@ -73,6 +73,7 @@ class SharedBroker:
 
 
 _BROKER_KEY = "lakehouse_kafka_bootstrap"
+_broker_stash = pytest.StashKey[EmbeddedKafka]()
 
 
 def _distributed(config: pytest.Config) -> bool:
@@ -100,9 +101,6 @@ def pytest_configure_node(node: Any) -> None:
     broker = node.config.stash.get(_broker_stash, None)
     if broker is not None:
         node.workerinput[_BROKER_KEY] = broker.bootstrap_servers
-
-
-_broker_stash = pytest.StashKey[EmbeddedKafka]()
 
 
 @pytest.fixture(scope="session")

@@ -291,8 +291,7 @@ class Collector:
         """One event to its topic, or to the DLQ with the rules it broke."""
         if isinstance(element, dict):
             self._enrich(element, ctx)
-        depth = _nesting(element, self.config.max_nesting)
-        if depth > self.config.max_nesting:
+        if _nested_deeper_than(element, self.config.max_nesting):
             violations = [
                 Violation(
                     "too_deep",
@@ -429,38 +428,32 @@ class _Bounded:
         self.value = value
         try:
             raw = orjson.dumps(value, default=str)
+            self.fits = len(raw) <= limit
         except orjson.JSONEncodeError as exc:  # e.g. nested past orjson's 254 levels
             raw = f"<not serialisable: {exc}>".encode()
-            value = None
+            self.fits = False
         self.size = len(raw)
         self.sha256 = hashlib.sha256(raw).hexdigest()
-        self.whole = value if self.size <= limit else None
-        self.excerpt = raw[:limit].decode("utf-8", "replace") if self.whole is None else None
+        self.excerpt = raw[:limit].decode("utf-8", "replace")
 
     def fields(self, name: str) -> dict[str, Any]:
-        if self.whole is not None or self.excerpt is None:
-            return {name: self.whole, f"{name}_bytes": self.size, f"{name}_sha256": self.sha256}
-        return {
-            f"{name}_excerpt": self.excerpt,
-            f"{name}_bytes": self.size,
-            f"{name}_sha256": self.sha256,
-        }
+        kept = {name: self.value} if self.fits else {f"{name}_excerpt": self.excerpt}
+        return kept | {f"{name}_bytes": self.size, f"{name}_sha256": self.sha256}
 
 
-def _nesting(value: Any, limit: int) -> int:
-    """How deep ``value`` nests (iteratively, stopping once past ``limit``)."""
-    deepest, stack = 0, [(value, 1)]
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether any part of ``value`` sits more than ``limit`` levels down (the value itself is
+    level 1); iterative, so hostile depth cannot exhaust the stack."""
+    stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > limit:
-            return depth
+            return True
         if isinstance(item, dict):
-            deepest = max(deepest, depth)
-            stack.extend((v, depth + 1) for v in item.values())
+            stack.extend((child, depth + 1) for child in item.values())
         elif isinstance(item, list):
-            deepest = max(deepest, depth)
-            stack.extend((v, depth + 1) for v in item)
-    return deepest
+            stack.extend((child, depth + 1) for child in item)
+    return False
 
 
 def _is_json_media_type(media_type: str) -> bool:

@@ -140,9 +140,9 @@ def suite_problems(
         if row["table"] == gated and not row["success"]:
             problems.append(_suite_failure(row))
     problems += [_suite_failure(r) for t, r in latest.items() if t != gated and not r["success"]]
-    validated = {(r["table"], _query_of(r["load_id"]), r["batch_id"]) for r in suites}
+    validated = {(r["table"], query_of(r["load_id"]), r["batch_id"]) for r in suites}
     for batch in batches:
-        key = (batch["table"], _query_of(batch["load_id"]), batch["batch_id"])
+        key = (batch["table"], query_of(batch["load_id"]), batch["batch_id"])
         if batch["table"] == gated and batch["written_rows"] > 0 and key not in validated:
             problems.append(
                 f"{gated} batch {batch['batch_id']} (query {key[1]}) wrote "
@@ -156,5 +156,6 @@ def _suite_failure(row: dict[str, Any]) -> str:
     return f"suite {row['suite']} failed on {row['table']} batch {row['batch_id']}: {failed}"
 
 
-def _query_of(load_id: str | None) -> str | None:
+def query_of(load_id: str | None) -> str | None:
+    """The streaming query id in a load id (``<query id>:<batch id>``)."""
     return None if load_id is None else load_id.split(":", maxsplit=1)[0]

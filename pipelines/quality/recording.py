@@ -17,6 +17,7 @@ from pipelines.config import Settings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.objects import ObjectStore
 from pipelines.lake.tables import QUALITY_SUITE_RESULTS
+from pipelines.quality.accounting import query_of
 from pipelines.quality.suites import DATA_DOCS_DIR, SuiteResult, SuiteRunner
 from pipelines.streaming.sinks import table_writer
 
@@ -77,7 +78,7 @@ class SuiteRecorder:
             "data_docs_index": result.data_docs_index,
         }
         data = pa.Table.from_pylist([row], schema=QUALITY_SUITE_RESULTS.arrow_schema)
-        query_id = load_id.split(":", maxsplit=1)[0]
+        query_id = query_of(load_id)
         self.appender.append(
             data,
             f"{QUALITY_SUITE_RESULTS.name}:{table}:{query_id}",

@@ -12,7 +12,7 @@ these ways, each counted in ``Tracker.stats``:
   person to look at, and everything tracked after it carries on (a poison event never blocks
   the queue);
 * **dropped** — only when the spool is full, the disk refuses a write, or the parked file has
-  reached ``max_parked_bytes``. Always logged, always in ``last_error``.
+  reached ``MAX_PARKED_BYTES``. Always logged, always in ``last_error``.
 
 A retried batch keeps its event ids, so duplicates from retries are removed in silver.
 """
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from pipelines.tracking.spool import CorruptSpoolFileError, Spool
-from pipelines.tracking.transport import Reply, Transport, Verdict
+from pipelines.tracking.transport import Reply, Transport, Verdict, utc_stamp
 
 if TYPE_CHECKING:
     from pipelines.contracts.registry import ContractRegistry
@@ -271,7 +271,7 @@ class Tracker:
             with self._lock:
                 return self._queued == 0 and len(self._spool) == 0
         with self._lock:
-            marker = _FlushMarker(self._counts.spooled + self._counts.dropped + self._counts.parked)
+            marker = _FlushMarker(self._undelivered())
             self._queue.append(marker)
             self._markers += 1
         self._wake.set()
@@ -619,9 +619,13 @@ class Tracker:
 
     def _finish(self, marker: _FlushMarker) -> None:
         with self._lock:
-            lost = self._counts.spooled + self._counts.dropped + self._counts.parked
+            lost = self._undelivered()
         marker.ok = lost == marker.lost_before and len(self._spool) == 0
         marker.done.set()
+
+    def _undelivered(self) -> int:
+        """Events that left the queue other than to the collector (call with the lock held)."""
+        return self._counts.spooled + self._counts.dropped + self._counts.parked
 
     def _park(self, events: list[bytes], why: str) -> None:
         """Keep events the collector can never take in ``parked.jsonl`` with the reason (bounded
@@ -629,7 +633,11 @@ class Tracker:
         path = Path(self.spool_dir) / "parked.jsonl"
         lines = b"".join(
             orjson.dumps(
-                {"parked_at": _now_iso(), "reason": why, "event": e.decode("utf-8", "replace")}
+                {
+                    "parked_at": utc_stamp(datetime.now(tz=UTC)),
+                    "reason": why,
+                    "event": e.decode("utf-8", "replace"),
+                }
             )
             + b"\n"
             for e in events
@@ -666,10 +674,6 @@ class Tracker:
     def _set_error(self, message: str) -> None:
         with self._lock:
             self._counts.last_error = message
-
-
-def _now_iso() -> str:
-    return datetime.now(tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def default_spool_dir(endpoint: str, write_key: str) -> Path:

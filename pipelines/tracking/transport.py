@@ -63,9 +63,14 @@ class Reply:
     results: list[dict[str, Any]] = field(default_factory=list)
 
 
+def utc_stamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds and ``Z``, as the contract's date-times are written."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def batch_body(events: Sequence[bytes], sent_at: datetime) -> bytes:
     """The request body, joined from already-encoded events (nothing is re-encoded)."""
-    stamp = sent_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = utc_stamp(sent_at)
     return b'{"batch":[' + b",".join(events) + b'],"sent_at":"' + stamp.encode() + b'"}'
 
 
