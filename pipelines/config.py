@@ -498,6 +498,15 @@ class CollectorSettings(_Model):
         description="A dead-letter record keeps the original only up to this size; a larger "
         "one is kept as an excerpt of this length, its byte size and its SHA-256.",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="A connection must deliver a request line and headers within this long of "
+        "opening or of its previous answer, else it is closed: a client trickling header bytes "
+        "(slowloris) or sending nothing cannot hold a connection, and an idle keep-alive "
+        "connection is closed after the same time.",
+    )
     body_timeout_s: float = Field(
         default=30.0,
         gt=0,

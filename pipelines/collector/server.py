@@ -66,7 +66,14 @@ class CollectorServer:
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         self._runner = web.AppRunner(
-            self.collector.application(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S
+            self.collector.application(),
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_GRACE_S,
+            # aiohttp's keep-alive timer starts when a connection opens and again after each
+            # answer, is not reset by incoming bytes, and closes the connection if no complete
+            # request head arrived by then: a header timeout (slowloris, silent clients) that
+            # also ends idle keep-alive connections.
+            keepalive_timeout=self.settings.collector.header_timeout_s,
         )
         await self._runner.setup()
         server = self._runner.server

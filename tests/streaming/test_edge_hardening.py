@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import select
 import socket
 import time
 import uuid
@@ -221,3 +223,78 @@ def test_a_trickling_body_times_out_and_the_collector_keeps_serving(
         assert answer.split(b" ", 2)[1] == b"408", answer[:200]
         ok = requests.post(f"{running.url}/v1/events", json=[click()], headers=AUTH, timeout=10)
         assert ok.status_code == 200
+
+
+def with_collector(settings: Settings, **changes: Any) -> Settings:
+    """``settings`` with some ``collector`` settings changed."""
+    return settings.model_copy(update={"collector": settings.collector.model_copy(update=changes)})
+
+
+def address(collector: BackgroundCollector) -> tuple[str, int]:
+    host, port = collector.url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def test_slow_silent_and_idle_connections_are_closed_at_the_header_timeout(
+    lake_settings: Settings,
+) -> None:
+    timeout_s = 1.0
+    settings = with_collector(lake_settings, header_timeout_s=timeout_s)
+    # A request head that never ends: one byte per round, never the blank line.
+    head = (
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-write-key\r\n"
+        b"X-Padding: " + b"p" * 400
+    )
+    with BackgroundCollector(settings, settings.kafka.bootstrap_servers) as running:
+        warm = requests.post(f"{running.url}/v1/events", json=[click()], headers=AUTH, timeout=30)
+        assert warm.status_code == 200, warm.text  # the topic exists: what follows is serving
+        opened = time.monotonic()
+        trickling = [socket.create_connection(address(running), timeout=10) for _ in range(12)]
+        silent = [socket.create_connection(address(running), timeout=10) for _ in range(4)]
+        idle = socket.create_connection(address(running), timeout=10)
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b'{"status": "ok"}'):
+            chunk = idle.recv(65536)
+            assert chunk, f"keep-alive request not answered: {answer!r}"
+            answer += chunk
+        answered = time.monotonic()
+        everyone = [*trickling, *silent, idle]
+        closed_at: dict[socket.socket, float] = {}
+        served_in: float | None = None
+        sent = 0
+        try:
+            while len(closed_at) < len(everyone) and time.monotonic() - opened < timeout_s + 5:
+                for conn in trickling:
+                    if conn not in closed_at:
+                        try:
+                            conn.sendall(head[sent : sent + 1])
+                        except (BrokenPipeError, ConnectionResetError):
+                            closed_at[conn] = time.monotonic()
+                sent += 1
+                waiting = [c for c in everyone if c not in closed_at]
+                # The pace of the trickle: wait a tenth of a second for the server to close one.
+                readable, _, _ = select.select(waiting, [], [], 0.1)
+                for conn in readable:
+                    try:
+                        data = conn.recv(65536)
+                    except ConnectionResetError:
+                        data = b""
+                    assert data == b"", f"the server answered a request it never got: {data!r}"
+                    closed_at[conn] = time.monotonic()
+                if served_in is None and sent == 5:  # while all of them hold a connection
+                    t0 = time.monotonic()
+                    ok = requests.post(
+                        f"{running.url}/v1/events", json=[click()], headers=AUTH, timeout=10
+                    )
+                    assert ok.status_code == 200, ok.text
+                    served_in = time.monotonic() - t0
+        finally:
+            for conn in everyone:
+                conn.close()
+    assert served_in is not None and served_in < timeout_s, f"served in {served_in}"
+    assert sent < len(head)  # the head really was still incomplete
+    slow = [closed_at.get(c, math.inf) - opened for c in [*trickling, *silent]]
+    assert all(0.8 * timeout_s <= s <= timeout_s + 1.5 for s in slow), slow
+    kept_alive = closed_at.get(idle, math.inf) - answered
+    assert 0.8 * timeout_s <= kept_alive <= timeout_s + 1.5, kept_alive
