@@ -41,6 +41,10 @@ from pipelines.contracts.registry import ContractRegistry, Violation
 log = logging.getLogger(__name__)
 
 USER_AGENT_MAX = 1024  # the contract's context.user_agent maxLength
+MISSING_KEY = (
+    "missing or unknown write key; send 'Authorization: Bearer <key>' (or Segment's Basic auth "
+    "with the key as user name)"
+)
 SEGMENT_CALLS = {"/v1/track": "track", "/v1/page": "page", "/v1/identify": "identify"}
 
 
@@ -123,6 +127,10 @@ class Collector:
                 response = await self._handle(request, path, route)
             finally:
                 self.metrics.in_flight.dec()
+            if request.can_read_body:
+                # Answered before the whole body arrived (401, 413, 415, 408): the rest of it is
+                # never read, so the connection cannot carry another request; say so.
+                response.force_close()
             self.metrics.requests.labels(path, str(response.status)).inc()
             self.metrics.request_seconds.labels(path).observe(time.perf_counter() - started)
             return response
@@ -135,17 +143,23 @@ class Collector:
         path: str,
         route: Callable[[Any, RequestContext], tuple[list[Outgoing], dict[str, Any]]],
     ) -> web.Response:
+        # Authentication comes before the body. A key in the headers decides at once; without
+        # one, the body may still carry Segment's ``writeKey`` (browser SDKs), but only a body
+        # the collector would read anyway (present, within max_body_bytes).
         header_key = presented_key(request.headers)
         key_name = self.keys.match(header_key)
+        limit = self.config.max_body_bytes
+        declared_over = request.content_length is not None and request.content_length > limit
         if header_key is not None and key_name is None:
-            return _error(401, "unknown write key; check the key your client sends")
+            return _unauthorized("unknown write key; check the key your client sends")
+        if key_name is None and (declared_over or not request.can_read_body):
+            return _unauthorized(MISSING_KEY)
         media_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if media_type and not _is_json_media_type(media_type):
             return _error(
                 415, f"Content-Type {media_type[:64]!r} is not JSON; send application/json"
             )
-        limit = self.config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
+        if declared_over:
             return _error(413, f"request body over {limit:,} bytes; send smaller batches")
         try:
             body = await asyncio.wait_for(request.read(), self.config.body_timeout_s)
@@ -163,11 +177,7 @@ class Collector:
             body_key = payload.get("writeKey") if isinstance(payload, dict) else None
             key_name = self.keys.match(body_key if isinstance(body_key, str) else None)
             if key_name is None:
-                return _error(
-                    401,
-                    "missing or unknown write key; send 'Authorization: Bearer <key>' "
-                    "(or Segment's Basic auth with the key as user name)",
-                )
+                return _unauthorized(MISSING_KEY)
         context = self._context(request, path, key_name)
         try:
             count = _expanded_count(payload, path)
@@ -507,6 +517,13 @@ def _type_label(element: Any) -> str:
 def _user_key(element: Any) -> str | None:
     value = element.get("user_id") if isinstance(element, dict) else None
     return value if isinstance(value, str) else None
+
+
+def _unauthorized(message: str) -> web.Response:
+    """401, and the connection closes: whatever else the client sends is not read."""
+    response = _error(401, message)
+    response.force_close()
+    return response
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

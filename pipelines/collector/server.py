@@ -78,7 +78,7 @@ class CollectorServer:
         await self._runner.setup()
         server = self._runner.server
         assert server is not None
-        server.__class__ = _ScrubbingServer  # aiohttp has no hook to choose its handler class
+        server.__class__ = _CollectorServer  # aiohttp has no hook to choose its handler class
         await web.SockSite(self._runner, sock).start()
         return self.url
 
@@ -203,11 +203,27 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _ScrubbingHandler(RequestHandler):
-    """aiohttp's connection handler, except that a request it cannot parse (a header with a
-    bare CR, a header line over 8 KiB, …) is answered and logged *without* the offending bytes:
-    they may be an ``Authorization`` header holding a write key, which aiohttp would otherwise
-    print in its log and echo in the 400 body."""
+class _CollectorHandler(RequestHandler):
+    """aiohttp's connection handler, with two changes.
+
+    A request it cannot parse (a header with a bare CR, a header line over 8 KiB, …) is
+    answered and logged *without* the offending bytes: they may be an ``Authorization`` header
+    holding a write key, which aiohttp would otherwise print in its log and echo in the 400 body.
+
+    A 401 closes the connection as soon as it is sent. aiohttp would keep reading ("lingering")
+    up to 10 s of a body the handler left unread, and keep the connection for another request;
+    an unauthenticated client gets its answer and nothing more. Other answers given before the
+    body (413, 415, 408) keep aiohttp's bounded lingering, so an authenticated client that is
+    still sending can finish and read, say, the 413 that tells it to split its batch.
+    """
+
+    async def finish_response(
+        self, request: BaseRequest, resp: StreamResponse, start_time: float | None
+    ) -> tuple[StreamResponse, bool]:
+        answered = await super().finish_response(request, resp, start_time)
+        if resp.status == 401:
+            self.force_close()  # the answer is written; the transport sends it, then closes
+        return answered
 
     def handle_error(
         self,
@@ -228,6 +244,6 @@ class _ScrubbingHandler(RequestHandler):
         return super().handle_error(request, status, withheld, safe)
 
 
-class _ScrubbingServer(Server):
+class _CollectorServer(Server):
     def __call__(self) -> RequestHandler:
-        return _ScrubbingHandler(self, loop=self._loop, **self._kwargs)
+        return _CollectorHandler(self, loop=self._loop, **self._kwargs)

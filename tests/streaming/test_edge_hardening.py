@@ -3,6 +3,7 @@ events are counted, dead-letter records are bounded, retries publish nothing twi
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import math
@@ -298,3 +299,123 @@ def test_slow_silent_and_idle_connections_are_closed_at_the_header_timeout(
     assert all(0.8 * timeout_s <= s <= timeout_s + 1.5 for s in slow), slow
     kept_alive = closed_at.get(idle, math.inf) - answered
     assert 0.8 * timeout_s <= kept_alive <= timeout_s + 1.5, kept_alive
+
+
+def answer_then_close(conn: socket.socket, timeout_s: float) -> bytes:
+    """Everything the server sends on ``conn``, once it closed it within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    received = b""
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([conn], [], [], left)
+        if not readable:
+            break
+        try:
+            chunk = conn.recv(65536)
+        except ConnectionResetError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+    raise AssertionError(f"the server kept the connection open; it sent {received[:300]!r}")
+
+
+def request_head(*lines: bytes) -> bytes:
+    return b"\r\n".join([b"POST /v1/events HTTP/1.1", b"Host: x", *lines, b"", b""])
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [[b"Authorization: Bearer not-a-key"], [b"X-Write-Key: not-a-key"], []],
+    ids=["unknown-bearer", "unknown-x-write-key", "no-key"],
+)
+def test_a_request_without_a_valid_key_is_refused_from_its_headers_alone(
+    collector: BackgroundCollector, authorization: list[bytes]
+) -> None:
+    # 50 MB announced, not a byte sent: the 401 must not wait for the body, and the connection
+    # must close rather than wait for (or read) a body nobody authorised.
+    with socket.create_connection(address(collector), timeout=10) as conn:
+        started = time.monotonic()
+        conn.sendall(
+            request_head(
+                *authorization, b"Content-Type: application/json", b"Content-Length: 50000000"
+            )
+        )
+        answer = answer_then_close(conn, timeout_s=5)
+        took = time.monotonic() - started
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split(b" ", 2)[1] == b"401", answer[:300]
+    assert b"connection: close" in rest.lower()
+    assert b"write key" in answer
+    assert took < 2.0, f"answered and closed after {took:.1f}s"
+
+
+def test_the_unread_body_of_a_refused_request_is_never_served_as_a_request(
+    collector: BackgroundCollector,
+) -> None:
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(address(collector), timeout=10) as conn:
+        conn.sendall(
+            request_head(
+                b"Authorization: Bearer not-a-key",
+                b"Content-Type: application/json",
+                f"Content-Length: {len(smuggled)}".encode(),
+            )
+            + smuggled
+        )
+        answer = answer_then_close(conn, timeout_s=5)
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:300]
+
+
+def test_a_write_key_in_the_body_still_works_within_the_body_limit(
+    collector: BackgroundCollector, lake_settings: Settings
+) -> None:
+    # analytics.js sends its key in the body as text/plain (no Authorization header).
+    def track(write_key: str) -> requests.Response:
+        message = {
+            "type": "track",
+            "event": "Product Clicked",
+            "userId": "user-7",
+            "messageId": str(uuid.uuid4()),
+            "properties": {"product_id": "item-3"},
+            "writeKey": write_key,
+        }
+        return requests.post(
+            f"{collector.url}/v1/track",
+            data=orjson.dumps(message),
+            headers={"Content-Type": "text/plain"},
+            timeout=10,
+        )
+
+    accepted = track("test-write-key")
+    assert accepted.status_code == 200, accepted.text
+    refused = track("not-a-key")
+    assert refused.status_code == 401, refused.text
+    assert refused.headers["Connection"] == "close"
+    (clicked,) = values(lake_settings, lake_settings.kafka.topics.click)
+    assert orjson.loads(clicked)["user_id"] == "user-7"
+    limit = lake_settings.collector.max_body_bytes
+    padded = b'{"writeKey": "test-write-key", "type": "track", "pad": "' + b"x" * limit + b'"}'
+    over = requests.post(
+        f"{collector.url}/v1/track",
+        data=padded,
+        headers={"Content-Type": "text/plain"},
+        timeout=10,
+    )
+    assert over.status_code == 401, over.text  # a body over the limit is not read for its key
+
+
+def test_an_authenticated_client_still_sending_a_big_body_reads_its_413(
+    collector: BackgroundCollector, lake_settings: Settings
+) -> None:
+    # http.client (the SDK's transport) sends the whole body before reading the answer; a
+    # server that hung up on it mid-body would turn this 413 (split the batch) into a reset.
+    body = b"[" + b" " * (4 * lake_settings.collector.max_body_bytes) + b"]"
+    conn = http.client.HTTPConnection(*address(collector), timeout=30)
+    try:
+        conn.request("POST", "/v1/events", body, {**AUTH, "Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert response.status == 413, response.read()[:300]
+        assert response.getheader("Connection") == "close"
+    finally:
+        conn.close()
