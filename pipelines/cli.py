@@ -233,7 +233,7 @@ def kafka_serve(
         out.print(f"starting {brokers} embedded Kafka broker(s), data in {data_dir} …")
         sys.stdout.flush()
         with embedded_broker(settings, num_brokers=brokers, data_dir=data_dir) as broker:
-            state = write_embedded_state(settings, broker)
+            state = write_embedded_state(settings, broker.bootstrap_servers)
             out.print(
                 f"embedded Kafka broker listening on [bold]{broker.bootstrap_servers}[/] "
                 f"(started in {broker.start_seconds:.1f}s)"
@@ -503,15 +503,18 @@ def collector_serve(
     from pipelines.collector import serve
 
     settings = _settings(env)
-    servers = resolve_bootstrap(settings)
+    servers = resolve_bootstrap(settings)  # no broker yet: stop here, naming the fix
 
     def ready(url: str) -> None:
         out.print(f"collector listening on [bold]{url}[/] (Kafka {servers}); Ctrl-C to stop")
         out.print(f"  POST {url}/v1/events · Segment API {url}/v1/batch · {url}/metrics")
         sys.stdout.flush()
 
+    def brokers() -> str:  # read again when Kafka is down: the broker may have moved
+        return resolve_bootstrap(settings)
+
     try:
-        unacknowledged = serve(settings, servers, host=host, port=port, on_ready=ready)
+        unacknowledged = serve(settings, brokers, host=host, port=port, on_ready=ready)
     except OSError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None

@@ -257,8 +257,10 @@ class KafkaSecurity(_Model):
 class KafkaSettings(_Model):
     bootstrap_servers: str = Field(
         default="embedded",
-        description="host:port[,host:port] of real brokers, or 'embedded' for the broker "
-        "started by `lakehouse kafka serve` (its address is read from the storage root).",
+        description="host:port[,host:port] of real brokers; 'file:<path>' for a file holding "
+        "that list; or 'embedded' for the broker started by `lakehouse kafka serve` (its "
+        "address is read from the storage root). Files are read again when the collector "
+        "finds every broker down, so it follows brokers that moved.",
     )
     topics: KafkaTopics = KafkaTopics()
     embedded_partitions: int = Field(
@@ -270,6 +272,13 @@ class KafkaSettings(_Model):
     producer: KafkaProducerSettings = KafkaProducerSettings()
     consumer: KafkaConsumerSettings = KafkaConsumerSettings()
     security: KafkaSecurity = KafkaSecurity()
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _file_has_a_path(cls, value: str) -> str:
+        if value.strip().startswith("file:") and not value.strip().removeprefix("file:").strip():
+            raise ValueError("'file:' needs the path of the file holding the broker list")
+        return value
 
 
 class TriggerSettings(_Model):
@@ -528,6 +537,14 @@ class CollectorSettings(_Model):
         default=10.0, gt=0, description="Wait this long for Kafka's acknowledgement, then 503."
     )
     linger_ms: int = Field(default=2, ge=0, description="Producer batching delay (latency).")
+    broker_reresolve_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="While Kafka is unreachable, read the broker address (kafka.bootstrap_servers "
+        "'embedded' or 'file:') again this often; when it changed, produce through a new "
+        "producer to the new brokers.",
+    )
     truncate_ip: bool = Field(
         default=True, description="Zero the host part of client IPs (IPv4 /24, IPv6 /48)."
     )

@@ -19,7 +19,7 @@ from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
 
 from pipelines.collector.app import Collector
-from pipelines.collector.publisher import AsyncPublisher
+from pipelines.collector.publisher import AsyncPublisher, BrokerSource
 from pipelines.config import Settings
 from pipelines.contracts.registry import ContractRegistry
 
@@ -27,19 +27,23 @@ SHUTDOWN_GRACE_S = 10.0
 
 
 class CollectorServer:
-    """One collector bound to ``host:port`` (port 0 = a free port), on the running event loop."""
+    """One collector bound to ``host:port`` (port 0 = a free port), on the running event loop.
+
+    ``bootstrap`` is a broker list, or a ``BrokerSource`` (e.g. ``resolve_bootstrap`` of the
+    settings) that the producer reads again to follow brokers that moved.
+    """
 
     def __init__(
         self,
         settings: Settings,
-        bootstrap_servers: str,
+        bootstrap: str | BrokerSource,
         *,
         host: str | None = None,
         port: int | None = None,
         registry: ContractRegistry | None = None,
     ) -> None:
         self.settings = settings
-        self.bootstrap_servers = bootstrap_servers
+        self.bootstrap = bootstrap
         self.host = host or settings.collector.host
         self.port = settings.collector.port if port is None else port
         self._registry = registry
@@ -58,9 +62,10 @@ class CollectorServer:
         """
         publisher = AsyncPublisher(
             self.settings.kafka,
-            self.bootstrap_servers,
+            self.bootstrap,
             linger_ms=self.settings.collector.linger_ms,
             timeout_s=self.settings.collector.produce_timeout_s,
+            reresolve_s=self.settings.collector.broker_reresolve_s,
         )
         self.collector = Collector(self.settings, publisher, self._registry)
         sock = _bind(self.host, self.port)
@@ -95,7 +100,7 @@ class CollectorServer:
 
 def serve(
     settings: Settings,
-    bootstrap_servers: str,
+    bootstrap: str | BrokerSource,
     *,
     host: str | None = None,
     port: int | None = None,
@@ -104,7 +109,7 @@ def serve(
     """Serve until SIGINT/SIGTERM, then stop gracefully; returns unacknowledged messages."""
 
     async def main() -> int:
-        server = CollectorServer(settings, bootstrap_servers, host=host, port=port)
+        server = CollectorServer(settings, bootstrap, host=host, port=port)
         url = await server.start()
         on_ready(url)
         stopping = asyncio.Event()
@@ -127,13 +132,13 @@ class BackgroundCollector:
     def __init__(
         self,
         settings: Settings,
-        bootstrap_servers: str,
+        bootstrap: str | BrokerSource,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self.settings = settings
-        self.bootstrap_servers = bootstrap_servers
+        self.bootstrap = bootstrap
         self.host = host
         self.port = port
         self.server: CollectorServer | None = None
@@ -149,9 +154,7 @@ class BackgroundCollector:
         self._thread = threading.Thread(target=loop.run_forever, name="collector", daemon=True)
         self._thread.start()
         self._loop = loop
-        self.server = CollectorServer(
-            self.settings, self.bootstrap_servers, host=self.host, port=self.port
-        )
+        self.server = CollectorServer(self.settings, self.bootstrap, host=self.host, port=self.port)
         asyncio.run_coroutine_threadsafe(self.server.start(), loop).result(timeout=30)
         self.port = self.server.port  # keep the port across restarts
         return self

@@ -4,7 +4,9 @@ The embedded broker (``pipelines.kafka.broker.EmbeddedKafka``, re-exported here)
 itself, run as JVMs on 127.0.0.1. ``lakehouse kafka serve`` keeps one running with its data under
 ``<storage root>/_kafka`` and records its address in the storage root, where every other command
 finds it when ``kafka.bootstrap_servers`` is ``embedded``. It is for local runs and tests only;
-real brokers are set with ``kafka.bootstrap_servers``.
+real brokers are set with ``kafka.bootstrap_servers``, as a list or as ``file:<path>`` naming a
+file that holds the list. Both files are read again on every ``resolve_bootstrap``, which is how
+the collector follows a broker that came back at another address.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pipelines.kafka.broker import EmbeddedKafka, EmbeddedKafkaError, pid_alive
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
+FILE_PREFIX = "file:"
 STATE_FILE = "_embedded_kafka.json"
 DATA_FOLDER = "_kafka"
 
@@ -73,16 +76,28 @@ def embedded_data_dir(settings: Settings) -> Path:
     return _local_storage_root(settings) / DATA_FOLDER
 
 
-def write_embedded_state(settings: Settings, broker: EmbeddedKafka) -> Path:
+def write_embedded_state(settings: Settings, bootstrap_servers: str) -> Path:
+    """Record where the embedded broker of this process listens (atomically: a running
+    collector may be reading the file to follow the broker)."""
     path = embedded_state_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"bootstrap_servers": broker.bootstrap_servers, "pid": os.getpid()}))
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps({"bootstrap_servers": bootstrap_servers, "pid": os.getpid()}))
+    partial.replace(path)
     return path
 
 
 def resolve_bootstrap(settings: Settings) -> str:
-    """The broker list to connect to; ``embedded`` is looked up from ``lakehouse kafka serve``."""
+    """The broker list to connect to now: the configured list, the list in ``file:<path>``, or
+    for ``embedded`` the address ``lakehouse kafka serve`` recorded. Files are read on every call.
+
+    Raises:
+        KafkaUnavailableError: the file is missing, empty or unreadable, or the embedded broker
+            it records has stopped.
+    """
     servers = settings.kafka.bootstrap_servers.strip()
+    if servers.startswith(FILE_PREFIX):
+        return _servers_in_file(Path(servers.removeprefix(FILE_PREFIX)).expanduser())
     if servers != EMBEDDED:
         return servers
     path = embedded_state_path(settings)
@@ -94,12 +109,37 @@ def resolve_bootstrap(settings: Settings) -> str:
         raise KafkaUnavailableError(
             f"no embedded Kafka broker is running ({path} is missing); {hint}"
         )
-    state = json.loads(path.read_text())
-    if not pid_alive(int(state.get("pid", -1))):
+    try:
+        state = json.loads(path.read_text())
+        pid, recorded = int(state.get("pid", -1)), str(state["bootstrap_servers"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise KafkaUnavailableError(
+            f"{path} does not hold an embedded broker's address ({type(exc).__name__}: {exc}); "
+            f"restart `lakehouse kafka serve`, which rewrites it"
+        ) from None
+    if not pid_alive(pid):
         raise KafkaUnavailableError(
             f"the embedded Kafka broker recorded in {path} has stopped; {hint}"
         )
-    return str(state["bootstrap_servers"])
+    return recorded
+
+
+def _servers_in_file(path: Path) -> str:
+    """``host:port`` entries of a bootstrap file (separated by commas, spaces or newlines)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise KafkaUnavailableError(
+            f"kafka.bootstrap_servers names the file {path}, which cannot be read "
+            f"({exc.strerror or exc}); write the broker list into it, e.g. kafka-1:9092"
+        ) from None
+    entries = [entry for entry in text.replace(",", " ").split() if entry]
+    if not entries:
+        raise KafkaUnavailableError(
+            f"kafka.bootstrap_servers names the file {path}, which is empty; write the broker "
+            "list into it, e.g. kafka-1:9092"
+        )
+    return ",".join(entries)
 
 
 def client_config(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str, Any]:
@@ -206,7 +246,7 @@ def embedded_or_configured(settings: Settings) -> Iterator[str]:
     """Yield a bootstrap address: the configured brokers, the running embedded broker, or (when
     config says ``embedded`` and none runs) a fresh embedded broker for the duration."""
     if settings.kafka.bootstrap_servers.strip() != EMBEDDED:
-        yield settings.kafka.bootstrap_servers
+        yield resolve_bootstrap(settings)
         return
     try:
         servers: str | None = resolve_bootstrap(settings)

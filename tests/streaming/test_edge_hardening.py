@@ -11,7 +11,9 @@ import select
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,7 +21,14 @@ import pytest
 import requests
 
 from pipelines.collector import BackgroundCollector
-from pipelines.config import Settings
+from pipelines.config import ConfigError, Settings
+from pipelines.streaming.kafka import (
+    EmbeddedKafka,
+    KafkaUnavailableError,
+    resolve_bootstrap,
+    write_embedded_state,
+)
+from tests.conftest import SharedBroker, make_settings, unique_topics
 from tests.streaming.helpers import read_topic
 
 pytestmark = pytest.mark.streaming
@@ -419,3 +428,86 @@ def test_an_authenticated_client_still_sending_a_big_body_reads_its_413(
         assert response.getheader("Connection") == "close"
     finally:
         conn.close()
+
+
+def post_events(collector: BackgroundCollector, events: list[dict[str, Any]]) -> requests.Response:
+    return requests.post(f"{collector.url}/v1/events", json=events, headers=AUTH, timeout=30)
+
+
+def retried_until_accepted(
+    collector: BackgroundCollector, events: list[dict[str, Any]], timeout_s: float
+) -> requests.Response:
+    """Send the same request again on 503, as every client of the collector does."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = post_events(collector, events)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+
+
+def test_the_collector_follows_the_broker_to_its_new_address(
+    tmp_path: Path, kafka_broker: SharedBroker
+) -> None:
+    # As `lakehouse collector serve` with kafka.bootstrap_servers: embedded, the collector finds
+    # the broker where `lakehouse kafka serve` recorded it.
+    settings = make_settings(
+        tmp_path / "lake",
+        kafka={"bootstrap_servers": "embedded", "topics": unique_topics()},
+        collector={"produce_timeout_s": 2.0, "broker_reresolve_s": 0.2},
+    )
+    topic = settings.kafka.topics.click
+    before, during, after = ([click() for _ in range(3)] for _ in range(3))
+    with EmbeddedKafka(partitions=1) as first:
+        write_embedded_state(settings, first.bootstrap_servers)
+        with BackgroundCollector(settings, lambda: resolve_bootstrap(settings)) as running:
+            assert post_events(running, before).status_code == 200
+            acknowledged = [
+                orjson.loads(v)["event_id"] for _k, v in read_topic(first.bootstrap_servers, topic)
+            ]
+            assert sorted(acknowledged) == sorted(e["event_id"] for e in before)
+
+            first.stop()
+            down = post_events(running, during)
+            assert down.status_code == 503, down.text  # not acknowledged: the client retries
+            # The broker is back at another address (the session's broker stands in for the
+            # restarted one: a broker takes ~8 s to start) and says so where it always does.
+            assert kafka_broker.bootstrap_servers != resolve_bootstrap(settings)
+            write_embedded_state(settings, kafka_broker.bootstrap_servers)
+
+            retried = retried_until_accepted(running, during, timeout_s=30)
+            assert retried.status_code == 200, retried.text
+            assert retried.json()["accepted"] == 3
+            later = post_events(running, after)
+            assert later.status_code == 200, later.text
+            assert requests.get(f"{running.url}/readyz", timeout=10).status_code == 200
+    landed = Counter(
+        orjson.loads(v)["event_id"] for _k, v in read_topic(kafka_broker.bootstrap_servers, topic)
+    )
+    # Every event the client was told went unacknowledged arrived once at the new broker; the
+    # ones acknowledged before the move were not sent again.
+    assert landed == Counter(e["event_id"] for e in during + after)
+
+
+def test_a_bootstrap_file_is_read_again_on_every_resolve(tmp_path: Path) -> None:
+    path = tmp_path / "brokers"
+    settings = make_settings(tmp_path / "lake", kafka={"bootstrap_servers": f"file:{path}"})
+    with pytest.raises(KafkaUnavailableError, match=r"names the file .*brokers, which cannot be"):
+        resolve_bootstrap(settings)
+    path.write_text("kafka-1:9092, kafka-2:9092\nkafka-3:9092\n")
+    assert resolve_bootstrap(settings) == "kafka-1:9092,kafka-2:9092,kafka-3:9092"
+    path.write_text("kafka-9:9092\n")  # moved: the next read says so
+    assert resolve_bootstrap(settings) == "kafka-9:9092"
+    path.write_text(" \n")
+    with pytest.raises(KafkaUnavailableError, match=r"names the file .*brokers, which is empty"):
+        resolve_bootstrap(settings)
+    with pytest.raises(ConfigError, match="'file:' needs the path"):
+        make_settings(tmp_path / "lake", kafka={"bootstrap_servers": "file:"})
+
+
+def test_a_torn_embedded_broker_address_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "lake", kafka={"bootstrap_servers": "embedded"})
+    state = write_embedded_state(settings, "127.0.0.1:9092")
+    assert resolve_bootstrap(settings) == "127.0.0.1:9092"
+    state.write_text('{"bootstrap_serv')
+    with pytest.raises(KafkaUnavailableError, match="does not hold an embedded broker's address"):
+        resolve_bootstrap(settings)
