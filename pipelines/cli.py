@@ -1911,3 +1911,6 @@ def main() -> None:
 
 
 __all__ = ["app", "main"]
+
+if __name__ == "__main__":  # `python -m pipelines.cli …`, e.g. a collector a chaos part can kill
+    main()
