@@ -39,6 +39,7 @@ class Sizes:
     restart_senders: int  # app threads, one SDK Tracker each
     restart_rate: int  # events/s tracked, all senders together
     hostile_requests: int
+    bomb_mib: int  # what a compression bomb inflates to
 
 
 FULL = Sizes(
@@ -51,6 +52,7 @@ FULL = Sizes(
     restart_senders=4,
     restart_rate=2_000,
     hostile_requests=10_000,
+    bomb_mib=256,
 )
 QUICK = Sizes(
     job_crashes=4,
@@ -62,6 +64,7 @@ QUICK = Sizes(
     restart_senders=2,
     restart_rate=1_000,
     hostile_requests=600,
+    bomb_mib=32,
 )
 
 
@@ -147,5 +150,10 @@ def _run_part(
     from pipelines.chaos.hostile import run_hostile_inputs
 
     return run_hostile_inputs(
-        workdir, settings, requests=sizes.hostile_requests, seed=seed, log=log
+        workdir,
+        settings,
+        requests=sizes.hostile_requests,
+        seed=seed,
+        log=log,
+        bomb_mib=sizes.bomb_mib,
     )
