@@ -119,23 +119,50 @@ def run_hostile_inputs(
             run.sampler = sampler
             run.light([r for r in batch if not r.heavy])
             run.heavy([r for r in batch if r.heavy])
-        up = collector.alive and collector.healthy()
+        healthy = collector.alive and collector.healthy()
         topics = edge.kafka.topics
         log(f"{HOSTILE}: reading every topic back")
         found = read_topics(
             client_config(edge.kafka, bootstrap_servers),
             [*topics.event_topics, topics.identities, topics.dlq],
         )
-        exit_code = collector.stop()
+        outcome = Outcome(
+            answers=run.answers,
+            crashes=run.crashes,
+            peak_rss=sampler.peak,
+            rss_samples=sampler.samples,
+            healthy_at_end=healthy,
+            exit_code=collector.stop(),
+        )
     finally:
         if collector is not None:
             collector.stop()
         if broker is not None:
             broker.stop()
-    ledger = _Ledger(edge)
-    for request, answer in run.answers:
+    return hostile_result(edge, outcome, found)
+
+
+@dataclass
+class Outcome:
+    """What happened while the corpus was sent, for ``hostile_result``."""
+
+    answers: list[tuple[HostileRequest, Answer]]
+    crashes: list[str]
+    peak_rss: int
+    rss_samples: int
+    healthy_at_end: bool
+    exit_code: int | None
+
+
+def hostile_result(
+    settings: Settings, outcome: Outcome, found: dict[str, list[bytes]]
+) -> ChaosResult:
+    """Account for every element of every request: where the answers put it against what the
+    topics (``topic -> [value]``, as ``settings`` names them) hold."""
+    ledger = _Ledger(settings)
+    for request, answer in outcome.answers:
         ledger.expect(request, answer)
-    return ledger.result(found, run, sampler, healthy_at_end=up, exit_code=exit_code)
+    return ledger.result(found, outcome)
 
 
 def _topic_names(settings: Settings) -> dict[str, str]:
@@ -392,15 +419,7 @@ class _Ledger:
         return []
 
     # -- what the topics hold -------------------------------------------------------------------
-    def result(
-        self,
-        found: dict[str, list[bytes]],
-        run: _Run,
-        sampler: RssSampler,
-        *,
-        healthy_at_end: bool,
-        exit_code: int | None,
-    ) -> ChaosResult:
+    def result(self, found: dict[str, list[bytes]], outcome: Outcome) -> ChaosResult:
         copies: dict[str, dict[str, list[bytes]]] = defaultdict(lambda: defaultdict(list))
         unmatched: Counter[str] = Counter()
         records: Counter[str] = Counter()
@@ -430,9 +449,8 @@ class _Ledger:
                     duplicated += 1
                 else:
                     redelivered += len(contents) - 1
-        problems = [f"the collector died {len(run.crashes)} time(s): {run.crashes}"] * bool(
-            run.crashes
-        )
+        crashes = outcome.crashes
+        problems = [f"the collector died {len(crashes)} time(s): {crashes}"] * bool(crashes)
         problems += [f"server errors: {self.server_errors[:5]}"] * bool(self.server_errors)
         problems += [f"no answer: {self.unanswered[:5]}"] * bool(self.unanswered)
         problems += [f"refused, yet published: {leaked[:5]}"] * bool(leaked)
@@ -440,9 +458,11 @@ class _Ledger:
             self.mismatched
         )
         problems += [f"unexpected messages: {dict(surplus)}"] * bool(sum(surplus.values()))
-        if not healthy_at_end:
+        if not outcome.healthy_at_end:
             problems.append("the collector did not answer /healthz at the end")
-        rises = [(a.rss_rise, r) for r, a in run.answers if a.rss_rise is not None]
+        if outcome.exit_code not in (0, None):
+            problems.append(f"the collector exited with code {outcome.exit_code} on SIGTERM")
+        rises = [(a.rss_rise, r) for r, a in outcome.answers if a.rss_rise is not None]
         worst_rise, worst = max(rises, key=lambda x: x[0], default=(0, None))
         if worst_rise > MEMORY_LIMIT:
             problems.append(f"one request raised resident memory by {worst_rise / 2**20:.0f} MB")
@@ -456,20 +476,20 @@ class _Ledger:
             "records (read back)": dict(records),
             "found by id": len(self.where) - len(lost_refs),
             "counted without id": dict(self.uncounted),
-            "retried 429/503": sum(a.attempts - 1 for _r, a in run.answers),
-            "collector crashes": len(run.crashes),
-            "collector up at end": healthy_at_end,
-            "collector exit code": exit_code,
-            PEAK_RSS: sampler.peak,
+            "retried 429/503": sum(a.attempts - 1 for _r, a in outcome.answers),
+            "collector crashes": len(crashes),
+            "collector up at end": outcome.healthy_at_end,
+            "collector exit code": outcome.exit_code,
+            PEAK_RSS: outcome.peak_rss,
             MAX_REQUEST_RISE: worst_rise,
             MAX_REQUEST_RISE_KIND: f"{worst.kind}: {worst.variant}" if worst else None,
-            "rss samples": sampler.samples,
+            "rss samples": outcome.rss_samples,
             BY_KIND: {kind: _counts_dict(c) for kind, c in sorted(self.kinds.items())},
         }
         return ChaosResult(
             part=HOSTILE,
-            injected=len(run.answers),
-            events=sum(r.events for r, _a in run.answers),
+            injected=len(outcome.answers),
+            events=sum(r.events for r, _a in outcome.answers),
             lost=len(lost_refs) + sum(shortfall.values()),
             duplicated=duplicated,
             details=details,

@@ -9,8 +9,8 @@ reference when nothing the client sent identifies it (then it is counted, not lo
 
 Kinds (``KINDS``) each have numbered variants; a corpus holds every variant of every kind once,
 then random draws by weight until it has the number of requests asked for. The same seed gives
-the same requests, except for timestamps, which follow the clock (the collector refuses the
-future, so "now" must be now).
+the same requests for the same ``now_ms``: timestamps are anchored there (the collector refuses
+the future, so a run passes the clock's now).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
@@ -730,8 +731,9 @@ class HostileCorpus:
         return _compressed(chunk, self.ctx.bomb_mib // 4, wbits=31, prefix=b'{"batch":[')
 
     def _clickstream(self, seed: int) -> Iterator[dict[str, Any]]:
+        end = datetime.fromtimestamp(self.ctx.now_ms // 1000, tz=UTC)
         for generation in itertools.count():
-            generator = ClickstreamGenerator(2_000, 500, seed=seed * 7_919 + generation)
+            generator = ClickstreamGenerator(2_000, 500, seed=seed * 7_919 + generation, end=end)
             for event in generator.events(100_000):
                 yield orjson.loads(event.value)
 
