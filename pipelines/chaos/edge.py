@@ -62,10 +62,10 @@ def run_broker_failover(
     log: Log,
 ) -> ChaosResult:
     """Produce clickstream events at ``rate``/s (acks=all, idempotent) to a 3-broker cluster
-    (replication factor 3, min.insync.replicas 2) while ``kills`` brokers are SIGKILLed one
-    after the other; each killed broker but the last is revived and must catch up (back in
-    every partition's ISR) before the next kill. Then every acknowledged event must be in its
-    topic, read back with the last broker still dead.
+    (replication factor 3, min.insync.replicas 2) while ``kills`` (1 to 3) brokers are
+    SIGKILLed one after the other. A killed broker is revived and must catch up (back in every
+    partition's ISR) before the next kill; the last of several stays dead, so the read-back is
+    served by the others. Then every acknowledged event must be in its topic.
 
     What the app does on a failed delivery is what an app should: produce it again, same id.
     """

@@ -157,7 +157,7 @@ class HostileCorpus:
             return self._post("valid_batch", "one event", orjson.dumps(events[0]), elements)
         body = orjson.dumps({"batch": events, "sent_at": "2026-11-28T10:00:00Z"})
         if variant == 5:
-            packed = gzip.compress(body)
+            packed = gzip.compress(body, mtime=0)
             head = self._head("/v1/events", len(packed), extra=[b"Content-Encoding: gzip"])
             return HostileRequest(
                 "valid_batch", "gzip", "/v1/events", head, packed, elements=elements
@@ -520,11 +520,11 @@ class HostileCorpus:
             (f"gzip: {self.ctx.bomb_mib} MiB of zeros", self._gzip_zeros, b"gzip"),
             (f"gzip: {self.ctx.bomb_mib // 4} MiB of JSON", self._gzip_json, b"gzip"),
             (f"deflate: {self.ctx.bomb_mib} MiB of zeros", self._deflate_zeros, b"deflate"),
-            ("gzip twice", gzip.compress(self._gzip_zeros), b"gzip, gzip"),
+            ("gzip twice", gzip.compress(self._gzip_zeros, mtime=0), b"gzip, gzip"),
             ("br", b"\x0b\x02\x80" + plain, b"br"),
             ("zstd", b"\x28\xb5\x2f\xfd" + plain, b"zstd"),
             ("corrupt gzip", b"\x1f\x8b\x08\x00" + bytes(self.rng.randbytes(2_000)), b"gzip"),
-            ("truncated gzip", gzip.compress(plain)[:-12], b"gzip"),
+            ("truncated gzip", gzip.compress(plain, mtime=0)[:-12], b"gzip"),
             ("gzip: valid, just under the limit", b"", b"gzip"),
             ("gzip: valid, just over the limit", b"", b"gzip"),
         ]
@@ -535,7 +535,7 @@ class HostileCorpus:
             target = MAX_BODY - 64 if variant == 8 else MAX_BODY + 64
             pad = target - len(plain) - len(b',"pad":""')
             plain = plain[:-1] + b',"pad":"' + b" " * pad + b'"}'
-            body = gzip.compress(plain)
+            body = gzip.compress(plain, mtime=0)
             elements = _elements(events)
         head = self._head("/v1/events", len(body), extra=[b"Content-Encoding: " + encoding])
         return HostileRequest(

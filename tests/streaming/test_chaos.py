@@ -44,10 +44,10 @@ def test_hostile_corpus_ends_in_topics_or_the_dlq_and_the_collector_stays_up(
     assert set(details[BY_KIND]) == {k.name for k in kinds}
     assert {"200", "400", "401", "404", "405", "413", "415"} <= set(details["answers"])
     # What the answers say was published is exactly what the topics hold.
-    assert details["published (per answers)"] == details["records (read back)"]
-    assert details["records (read back)"]["dlq"] > 0
-    assert details["collector crashes"] == 0 and details["collector up at end"] is True
-    assert details["collector exit code"] == 0
+    assert details["published_per_answers"] == details["records_read_back"]
+    assert details["records_read_back"]["dlq"] > 0
+    assert details["collector_crashes"] == 0 and details["collector_up_at_end"] is True
+    assert details["collector_exit_code"] == 0
     assert 0 < details[MAX_REQUEST_RISE] < 256 * 2**20
     assert details[PEAK_RSS] > 50 * 2**20  # a Python process: the sampler read real values
 

@@ -123,7 +123,7 @@ def test_hostile_accounting_finds_each_event_where_its_answer_put_it(tmp_path: P
 
     result = hostile_result(settings, outcome, whole)
     assert (result.lost, result.duplicated, result.error) == (0, 0, None)
-    assert result.details["records (read back)"] == {"accepted": 1, "dlq": 2}
+    assert result.details["records_read_back"] == {"accepted": 1, "dlq": 2}
 
     # The rejected event missing from the dead-letter topic is lost.
     assert (
