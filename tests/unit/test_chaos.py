@@ -3,14 +3,19 @@ hostile corpus' accounting, which must notice a lost event or a refused one publ
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import orjson
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
 
 from pipelines.chaos.hostile import Answer, Outcome, hostile_result
 from pipelines.chaos.hostile_corpus import CorpusContext, Element, HostileCorpus, HostileRequest
 from pipelines.chaos.readback import tally
 from pipelines.chaos.report import ChaosResult, render, totals
+from pipelines.cli import app
 from tests.conftest import make_settings
 
 NOW_MS = 1_795_000_000_000
@@ -180,3 +185,67 @@ def test_segment_order_lines_are_found_by_their_derived_ids(tmp_path: Path) -> N
     assert hostile_result(settings, _outcome([(request, answer)]), found).lost == 0
     found[topics.dlq] = []
     assert hostile_result(settings, _outcome([(request, answer)]), found).lost == 1
+
+
+def _cli(monkeypatch: pytest.MonkeyPatch, results: list[ChaosResult], *args: str) -> Result:
+    """``lakehouse chaos`` with the parts replaced by ``results``."""
+    from pipelines.chaos import runner
+
+    calls: list[dict[str, object]] = []
+
+    def fake_run(workdir: Path, **kwargs: object) -> list[ChaosResult]:
+        calls.append({"workdir": workdir, **kwargs})
+        return results
+
+    monkeypatch.setattr(runner, "run_chaos", fake_run)
+    result = CliRunner().invoke(app, ["chaos", "--env", "test", *args])
+    result.calls = calls  # type: ignore[attr-defined]
+    return result
+
+
+def test_chaos_command_exits_0_with_the_verdict_lines(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean = ChaosResult("hostile inputs", 600, 28_000, 0, 0, {"peak_collector_rss_bytes": 2**28})
+    result = _cli(
+        monkeypatch,
+        [clean],
+        "--quick",
+        "--only",
+        "hostile",
+        "--seed",
+        "3",
+        "--workdir",
+        str(tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    assert "lost 0\nduplicated 0\npeak collector memory 256.0 MiB" in result.output
+    call = result.calls[0]  # type: ignore[attr-defined]
+    assert (call["workdir"], call["quick"], call["seed"], call["parts"]) == (
+        tmp_path,
+        True,
+        3,
+        {"hostile"},
+    )
+
+
+def test_chaos_command_exits_1_on_a_loss_and_prints_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    lossy = ChaosResult("broker failover", 1, 1_000, 3, 0, {"redelivered": 2})
+    result = _cli(monkeypatch, [lossy], "--json")
+    assert result.exit_code == 1
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["lost"], summary["duplicated"], summary["failed_parts"]) == (
+        3,
+        0,
+        ["broker failover"],
+    )
+    assert summary["results"][0]["details"] == {"redelivered": 2}
+    kept = Path(summary["workdir"])
+    assert kept.is_dir()  # kept after a failure, for its logs
+    kept.rmdir()
+
+
+def test_chaos_command_refuses_an_unknown_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _cli(monkeypatch, [], "--only", "everything")
+    assert result.exit_code == 2
+    assert "unknown part(s) everything" in result.output
