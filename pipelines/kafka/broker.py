@@ -340,16 +340,31 @@ class EmbeddedKafka:
             return
         replicas = 3 if self._num_brokers == 3 else 1
         config = {"min.insync.replicas": "2"} if self._num_brokers == 3 else {}
-        new = [NewTopic(t, self._partitions, replicas, config=config) for t in self._topics]
-        for topic, future in admin.create_topics(new, request_timeout=30.0).items():
-            try:
-                future.result()
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise EmbeddedKafkaError(
-                        f"the embedded Kafka broker could not create topic {topic!r}: {error.str()}"
-                    ) from None
+        pending = list(self._topics)
+        while pending:
+            new = [NewTopic(t, self._partitions, replicas, config=config) for t in pending]
+            failed: dict[str, KafkaError] = {}
+            for topic, future in admin.create_topics(new, request_timeout=30.0).items():
+                try:
+                    future.result()
+                except KafkaException as exc:
+                    error = exc.args[0]
+                    if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                        continue
+                    # A client-side error (a connection replaced while the cluster forms: "broker
+                    # handle destroyed") or a retriable one is tried again; others are final.
+                    if error.code() >= 0 and not error.retriable():
+                        raise EmbeddedKafkaError(
+                            f"the embedded Kafka broker could not create topic {topic!r}: "
+                            f"{error.str()}"
+                        ) from None
+                    failed[topic] = error
+            pending = list(failed)
+            if pending:
+                self._check_alive()
+                first = next(iter(failed.values())).str()
+                self._check_deadline(started, f"could not create topics {pending} ({first})")
+                time.sleep(0.2)
         while True:
             self._check_alive()
             try:
