@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 import secrets
 import socket
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -201,7 +200,6 @@ class _Run:
     sampler: RssSampler | None = None
     answers: list[tuple[HostileRequest, Answer]] = field(default_factory=list)
     crashes: list[str] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def light(self, requests: Sequence[HostileRequest]) -> None:
         chunk = 500
