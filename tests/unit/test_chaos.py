@@ -187,8 +187,10 @@ def test_segment_order_lines_are_found_by_their_derived_ids(tmp_path: Path) -> N
     assert hostile_result(settings, _outcome([(request, answer)]), found).lost == 1
 
 
-def _cli(monkeypatch: pytest.MonkeyPatch, results: list[ChaosResult], *args: str) -> Result:
-    """``lakehouse chaos`` with the parts replaced by ``results``."""
+def _cli(
+    monkeypatch: pytest.MonkeyPatch, results: list[ChaosResult], *args: str
+) -> tuple[Result, list[dict[str, object]]]:
+    """``lakehouse chaos`` with the parts replaced by ``results``; also returns the calls."""
     from pipelines.chaos import runner
 
     calls: list[dict[str, object]] = []
@@ -198,16 +200,14 @@ def _cli(monkeypatch: pytest.MonkeyPatch, results: list[ChaosResult], *args: str
         return results
 
     monkeypatch.setattr(runner, "run_chaos", fake_run)
-    result = CliRunner().invoke(app, ["chaos", "--env", "test", *args])
-    result.calls = calls  # type: ignore[attr-defined]
-    return result
+    return CliRunner().invoke(app, ["chaos", "--env", "test", *args]), calls
 
 
 def test_chaos_command_exits_0_with_the_verdict_lines(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     clean = ChaosResult("hostile inputs", 600, 28_000, 0, 0, {"peak_collector_rss_bytes": 2**28})
-    result = _cli(
+    result, calls = _cli(
         monkeypatch,
         [clean],
         "--quick",
@@ -220,7 +220,7 @@ def test_chaos_command_exits_0_with_the_verdict_lines(
     )
     assert result.exit_code == 0, result.output
     assert "lost 0\nduplicated 0\npeak collector memory 256.0 MiB" in result.output
-    call = result.calls[0]  # type: ignore[attr-defined]
+    call = calls[0]
     assert (call["workdir"], call["quick"], call["seed"], call["parts"]) == (
         tmp_path,
         True,
@@ -231,7 +231,7 @@ def test_chaos_command_exits_0_with_the_verdict_lines(
 
 def test_chaos_command_exits_1_on_a_loss_and_prints_json(monkeypatch: pytest.MonkeyPatch) -> None:
     lossy = ChaosResult("broker failover", 1, 1_000, 3, 0, {"redelivered": 2})
-    result = _cli(monkeypatch, [lossy], "--json")
+    result, _calls = _cli(monkeypatch, [lossy], "--json")
     assert result.exit_code == 1
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert (summary["lost"], summary["duplicated"], summary["failed_parts"]) == (
@@ -246,6 +246,6 @@ def test_chaos_command_exits_1_on_a_loss_and_prints_json(monkeypatch: pytest.Mon
 
 
 def test_chaos_command_refuses_an_unknown_part(monkeypatch: pytest.MonkeyPatch) -> None:
-    result = _cli(monkeypatch, [], "--only", "everything")
-    assert result.exit_code == 2
+    result, calls = _cli(monkeypatch, [], "--only", "everything")
+    assert result.exit_code == 2 and calls == []
     assert "unknown part(s) everything" in result.output
