@@ -4,6 +4,8 @@ hostile corpus' accounting, which must notice a lost event or a refused one publ
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 
 import orjson
@@ -15,6 +17,7 @@ from pipelines.chaos.hostile import Answer, Outcome, hostile_result
 from pipelines.chaos.hostile_corpus import CorpusContext, Element, HostileCorpus, HostileRequest
 from pipelines.chaos.readback import tally
 from pipelines.chaos.report import ChaosResult, render, totals
+from pipelines.chaos.runner import run_chaos
 from pipelines.cli import app
 from tests.conftest import make_settings
 
@@ -249,3 +252,30 @@ def test_chaos_command_refuses_an_unknown_part(monkeypatch: pytest.MonkeyPatch) 
     result, calls = _cli(monkeypatch, [], "--only", "everything")
     assert result.exit_code == 2 and calls == []
     assert "unknown part(s) everything" in result.output
+
+
+def test_the_job_crash_part_is_called_with_the_sizes_and_skipped_when_absent(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path)
+    calls: list[dict[str, object]] = []
+
+    def run_job_crashes(workdir: Path, **kwargs: object) -> ChaosResult:
+        calls.append({"workdir": workdir, **kwargs})
+        return ChaosResult("job crashes", 20, 10_000, 0, 0, {})
+
+    fake = types.SimpleNamespace(run_job_crashes=run_job_crashes)
+    monkeypatch.setitem(sys.modules, "pipelines.chaos.jobs", fake)
+    results = run_chaos(
+        tmp_path, quick=False, seed=5, parts={"jobs"}, log=lambda _m: None, settings=settings
+    )
+    assert [r.part for r in results] == ["job crashes"] and "seconds" in results[0].details
+    assert calls[0]["crashes"] == 20 and calls[0]["seed"] == 5
+    assert calls[0]["workdir"] == tmp_path / "job-crashes"
+
+    monkeypatch.setitem(sys.modules, "pipelines.chaos.jobs", None)  # not in this checkout
+    lines: list[str] = []
+    skipped = run_chaos(
+        tmp_path, quick=True, seed=5, parts={"jobs"}, log=lines.append, settings=settings
+    )
+    assert skipped == [] and lines[-1].startswith("job crashes: skipped")
