@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # from Maven Central into .jars/ (see pipelines/jvm.py); offline afterwards.
 JARS   := .jars/.resolved
 
-.PHONY: demo test test-fast lint format install check-java check-python clean
+.PHONY: demo test test-fast chaos lint format install check-java check-python clean
 
 demo: check-java $(STAMP) $(JARS)
 	$(BIN)/lakehouse demo
@@ -21,6 +21,13 @@ test: check-java $(STAMP) $(JARS)
 
 test-fast: check-java $(STAMP) $(JARS)
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow"
+
+# The chaos suite, full size (docs/CHAOS.md): kill -9 the jobs, fail a broker of three over,
+# restart the collector and the broker under SDK load, feed the collector a hostile corpus.
+# Ends with a table and the lines `lost 0`, `duplicated 0`; exit 1 otherwise. `make test` runs
+# a quick version (tests/streaming/test_chaos.py).
+chaos: check-java $(STAMP) $(JARS)
+	$(BIN)/lakehouse chaos
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipelines tests

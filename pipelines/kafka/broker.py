@@ -214,10 +214,31 @@ class EmbeddedKafka:
         return self.start()
 
     def kill(self, index: int) -> None:
-        """SIGKILL broker ``index`` (0-based), as a crash would; ``restart()`` brings it back."""
+        """SIGKILL broker ``index`` (0-based), as a crash would; ``revive(index)`` brings that one
+        back, ``restart()`` all of them."""
         proc = self._procs[index]
         _signal_group(proc, signal.SIGKILL)
         proc.wait()
+
+    def revive(self, index: int) -> float:
+        """Start broker ``index`` again after it died (``kill``), on its ports and data, while
+        the others keep running; returns the seconds until it was registered again.
+
+        It catches up on what it missed as a follower afterwards (watch the in-sync replicas).
+
+        Raises:
+            EmbeddedKafkaError: it is still running, or it did not register within the start
+                timeout (the message has the tail of its log).
+        """
+        if self._procs[index].poll() is None:
+            raise EmbeddedKafkaError(
+                f"embedded Kafka broker {self._nodes[index].node_id} is running; kill it first"
+            )
+        started = time.monotonic()
+        self._procs[index] = self._spawn(self._nodes[index], _java(), _classpath())
+        self._write_state()
+        self._wait_until_registered(_admin(self.bootstrap_servers), started)
+        return time.monotonic() - started
 
     def __enter__(self) -> EmbeddedKafka:
         return self.start()
@@ -274,30 +295,32 @@ class EmbeddedKafka:
 
     def _launch(self, java: str, classpath: str) -> None:
         for node in self._nodes:
-            with node.log_file.open("ab") as out:
-                out.write(f"--- starting broker {node.node_id} at {time.ctime()}\n".encode())
-                out.flush()
-                self._procs.append(
-                    subprocess.Popen(
-                        [
-                            java,
-                            *JVM_OPTIONS,
-                            f"-Dlog4j2.configurationFile={node.log4j2}",
-                            "-cp",
-                            classpath,
-                            "kafka.Kafka",
-                            str(node.config),
-                        ],
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        cwd=node.folder,
-                        start_new_session=True,  # Ctrl-C reaches us, and we stop the JVMs
-                    )
-                )
+            self._procs.append(self._spawn(node, java, classpath))
         self.owner_pid = os.getpid()
         _LIVE.add(self)
         self._write_state()
+
+    @staticmethod
+    def _spawn(node: _Node, java: str, classpath: str) -> subprocess.Popen[bytes]:
+        with node.log_file.open("ab") as out:
+            out.write(f"--- starting broker {node.node_id} at {time.ctime()}\n".encode())
+            out.flush()
+            return subprocess.Popen(
+                [
+                    java,
+                    *JVM_OPTIONS,
+                    f"-Dlog4j2.configurationFile={node.log4j2}",
+                    "-cp",
+                    classpath,
+                    "kafka.Kafka",
+                    str(node.config),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=node.folder,
+                start_new_session=True,  # Ctrl-C reaches us, and we stop the JVMs
+            )
 
     def _wait_until_registered(self, admin: AdminClient, started: float) -> None:
         """Until a metadata request lists every broker (each one registered and unfenced)."""
@@ -317,16 +340,31 @@ class EmbeddedKafka:
             return
         replicas = 3 if self._num_brokers == 3 else 1
         config = {"min.insync.replicas": "2"} if self._num_brokers == 3 else {}
-        new = [NewTopic(t, self._partitions, replicas, config=config) for t in self._topics]
-        for topic, future in admin.create_topics(new, request_timeout=30.0).items():
-            try:
-                future.result()
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise EmbeddedKafkaError(
-                        f"the embedded Kafka broker could not create topic {topic!r}: {error.str()}"
-                    ) from None
+        pending = list(self._topics)
+        while pending:
+            new = [NewTopic(t, self._partitions, replicas, config=config) for t in pending]
+            failed: dict[str, KafkaError] = {}
+            for topic, future in admin.create_topics(new, request_timeout=30.0).items():
+                try:
+                    future.result()
+                except KafkaException as exc:
+                    error = exc.args[0]
+                    if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                        continue
+                    # A client-side error (a connection replaced while the cluster forms: "broker
+                    # handle destroyed") or a retriable one is tried again; others are final.
+                    if error.code() >= 0 and not error.retriable():
+                        raise EmbeddedKafkaError(
+                            f"the embedded Kafka broker could not create topic {topic!r}: "
+                            f"{error.str()}"
+                        ) from None
+                    failed[topic] = error
+            pending = list(failed)
+            if pending:
+                self._check_alive()
+                first = next(iter(failed.values())).str()
+                self._check_deadline(started, f"could not create topics {pending} ({first})")
+                time.sleep(0.2)
         while True:
             self._check_alive()
             try:

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,11 +201,25 @@ class EventProducer:
         self._lock = threading.Lock()
         self._since_poll = 0
 
-    def produce(self, topic: str, value: bytes, key: str | bytes | None = None) -> None:
-        """Queue one message; delivery is confirmed asynchronously and counted in ``report``."""
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: str | bytes | None = None,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    ) -> None:
+        """Queue one message; delivery is confirmed asynchronously and counted in ``report``
+        (then passed to ``on_delivery``, from ``produce``, ``poll`` or ``flush``)."""
+        callback = self._on_delivery
+        if on_delivery is not None:
+
+            def callback(err: KafkaError | None, msg: Message) -> None:
+                self._on_delivery(err, msg)
+                on_delivery(err, msg)
+
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value=value, key=key, on_delivery=callback)
                 break
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: let deliveries drain, then retry
@@ -213,6 +227,10 @@ class EventProducer:
         if self._since_poll >= 1000:
             self._producer.poll(0)
             self._since_poll = 0
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Serve delivery reports that arrived (waiting up to ``timeout_s`` for one)."""
+        self._producer.poll(timeout_s)
 
     def flush(self, timeout_s: float = 60.0) -> DeliveryReport:
         """Wait for every queued message; raise if some could not be delivered in time."""

@@ -126,7 +126,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def test_a_broker_on_a_data_dir_keeps_topics_and_messages_across_restarts(
+def test_a_broker_on_a_data_dir_keeps_topics_and_messages_across_restarts_and_crashes(
     tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "kafka"
@@ -139,6 +139,15 @@ def test_a_broker_on_a_data_dir_keeps_topics_and_messages_across_restarts(
 
     with EmbeddedKafka(topics=["orders"], partitions=3, data_dir=data_dir) as second:
         read = read_all(second.bootstrap_servers, "orders")
+        # A crash and a revive of the one broker: same port, same data.
+        address, crashed = second.bootstrap_servers, second.pids[0]
+        second.kill(0)
+        assert not second.running
+        assert second.revive(0) > 0
+        assert second.running and second.bootstrap_servers == address
+        assert second.pids[0] != crashed
+        with pytest.raises(EmbeddedKafkaError, match="is running; kill it first"):
+            second.revive(0)
         placed_later = produce_all(second.bootstrap_servers, "orders", messages(30, start=300))
 
     # Every partition reads back what it was given, offsets 0..n-1, values exact.
