@@ -287,7 +287,7 @@ class Collector:
                     "status": status,
                     "events": len(mapped.events),
                     "errors": _errors(errors),
-                    "ignored": mapped.ignored,
+                    "ignored": _capped_names(mapped.ignored),
                 }
             )
         if outcomes or rules:
@@ -365,9 +365,7 @@ class Collector:
         ``MAX_DETAIL_CHARS``) and the original, whole when small, else as an excerpt with its
         size and SHA-256 (``max_dlq_excerpt_bytes``): never an unbounded copy."""
         limit = self.config.max_dlq_excerpt_bytes
-        errors = _errors(violations[:MAX_DLQ_ERRORS])
-        if len(violations) > MAX_DLQ_ERRORS:
-            errors.append({"rule": "more", "detail": f"{len(violations) - MAX_DLQ_ERRORS} more"})
+        errors = _errors(violations)
         record: dict[str, Any] = {
             "received_at": ctx.received_at,
             "endpoint": ctx.endpoint,
@@ -505,7 +503,21 @@ def _events_of(payload: Any) -> list[Any]:
 
 
 def _errors(violations: list[Violation]) -> list[dict[str, str]]:
-    return [{"rule": v.rule, "detail": v.detail[:MAX_DETAIL_CHARS]} for v in violations]
+    """The rules broken, bounded for answers and DLQ records alike: at most ``MAX_DLQ_ERRORS``
+    (then one ``more`` entry with the count), details cut to ``MAX_DETAIL_CHARS``."""
+    shown = [
+        {"rule": v.rule, "detail": v.detail[:MAX_DETAIL_CHARS]} for v in violations[:MAX_DLQ_ERRORS]
+    ]
+    if len(violations) > MAX_DLQ_ERRORS:
+        shown.append({"rule": "more", "detail": f"{len(violations) - MAX_DLQ_ERRORS} more"})
+    return shown
+
+
+def _capped_names(names: list[str]) -> list[str]:
+    """Ignored field names in an answer: at most ``MAX_DLQ_ERRORS``, then ``"… N more"``."""
+    if len(names) <= MAX_DLQ_ERRORS:
+        return names
+    return [*names[:MAX_DLQ_ERRORS], f"... {len(names) - MAX_DLQ_ERRORS} more"]
 
 
 def _type_label(element: Any) -> str:
