@@ -35,6 +35,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from pipelines.bronze.data_loss import DataLossError
 from pipelines.config import ConfigError, Settings, TriggerSettings, load_settings, spark_interval
 from pipelines.contracts import (
     ContractError,
@@ -153,6 +154,7 @@ _USER_ERRORS = (
     UnknownTableError,
     StreamingJobError,
     NotebookError,
+    DataLossError,
 )
 
 
@@ -663,7 +665,11 @@ def run_bronze_cmd(
         "table_version": run.table_version,
         "seconds": round(time.perf_counter() - started, 2),
         "query_id": run.query_id,
+        "skipped_lost_from_kafka": run.stats.skipped_events,
+        "data_loss": [gap.as_dict() for gap in run.stats.data_loss],
     }
+    for gap in run.stats.data_loss:
+        err.print(f"[bold red]data loss:[/] {gap.describe()}", highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps(summary))
     else:

@@ -113,6 +113,8 @@ def bronze(
         replayed_batches_skipped=run.stats.batches_skipped,
         table_version=run.table_version,
         query_id=run.query_id,
+        skipped_lost_from_kafka=run.stats.skipped_events,
+        data_loss=[gap.as_dict() for gap in run.stats.data_loss],
     )
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
+from pipelines.bronze.data_loss import OffsetGap, check_data_loss
 from pipelines.bronze.events_raw import bronze_events_raw
 from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
@@ -20,10 +21,21 @@ from pipelines.streaming.sources import kafka_stream
 
 
 @dataclass
+class BronzeStats(BatchWriteStats):
+    """The sink's figures plus the Kafka offsets skipped as lost when the query started."""
+
+    data_loss: list[OffsetGap] = field(default_factory=list)
+
+    @property
+    def skipped_events(self) -> int:
+        return sum(gap.skipped for gap in self.data_loss)
+
+
+@dataclass
 class BronzeRun:
     """The outcome of one run of the bronze query."""
 
-    stats: BatchWriteStats
+    stats: BronzeStats
     table_version: int | None
     query_id: str
     run_id: str
@@ -34,18 +46,29 @@ def start_bronze(
     settings: Settings,
     bootstrap_servers: str,
     trigger: TriggerSettings | None = None,
-) -> tuple[StreamingQuery, BatchWriteStats]:
-    """Start the bronze query and return it without waiting (see ``run_bronze``)."""
+) -> tuple[StreamingQuery, BronzeStats]:
+    """Start the bronze query and return it without waiting (see ``run_bronze``).
+
+    Raises:
+        KafkaUnavailableError: the brokers cannot be reached.
+        DataLossError: Kafka deleted offsets bronze has not read and
+            ``kafka.consumer.fail_on_data_loss`` is true (with false, they are logged and
+            reported in ``stats.data_loss``).
+    """
     catalog = Catalog.for_settings(settings)
-    check_reachable(
-        client_config(settings.kafka, bootstrap_servers), settings.kafka.consumer.metadata_timeout_s
+    kafka_conf = client_config(settings.kafka, bootstrap_servers)
+    check_reachable(kafka_conf, settings.kafka.consumer.metadata_timeout_s)
+    checkpoint = catalog.checkpoint(BRONZE_EVENTS_RAW.name)
+    gaps = check_data_loss(
+        checkpoint,
+        kafka_conf,
+        fail_on_data_loss=settings.kafka.consumer.fail_on_data_loss,
+        filesystem=catalog.filesystem(),
     )
     ensure_table(spark, catalog, BRONZE_EVENTS_RAW)
     records = kafka_stream(spark, settings, bootstrap_servers, settings.kafka.topics.event_topics)
-    stats = BatchWriteStats()
-    handler = append_handler(
-        catalog, BRONZE_EVENTS_RAW, catalog.checkpoint(BRONZE_EVENTS_RAW.name), stats
-    )
+    stats = BronzeStats(data_loss=gaps)
+    handler = append_handler(catalog, BRONZE_EVENTS_RAW, checkpoint, stats)
     query = start_table_stream(
         bronze_events_raw(records),
         catalog=catalog,
@@ -69,6 +92,7 @@ def run_bronze(
 
     Raises:
         KafkaUnavailableError: the brokers cannot be reached (checked before Spark starts).
+        DataLossError: Kafka lost unread offsets and ``fail_on_data_loss`` is true.
         StreamingJobError: the query failed.
     """
     query, stats = start_bronze(spark, settings, bootstrap_servers, trigger)

@@ -185,11 +185,12 @@ class Catalog:
             format="parquet",
             partitioning=partitioning,
             partition_base_dir=base if partitioning else None,
-            filesystem=self._filesystem(),
+            filesystem=self.filesystem(),
         )
         return dataset.to_table(columns=columns)
 
-    def _filesystem(self) -> pafs.FileSystem | None:
+    def filesystem(self) -> pafs.FileSystem | None:
+        """pyarrow's filesystem for the storage root (None for a local path)."""
         root = self.storage.root
         if "://" not in root:
             return None

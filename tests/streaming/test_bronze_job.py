@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from confluent_kafka import OFFSET_END, TopicPartition
+from confluent_kafka.admin import AdminClient
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
+from pipelines.bronze.data_loss import DataLossError
 from pipelines.bronze.job import run_bronze
 from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
@@ -156,3 +159,41 @@ def test_unreachable_broker_fails_before_spark_starts_a_query(
     with pytest.raises(KafkaUnavailableError, match=r"127.0.0.1:9 did not answer within 1s"):
         run_bronze(spark, settings, "127.0.0.1:9")
     assert spark.streams.active == []
+
+
+def delete_all_records(bootstrap: str, topic: str) -> None:
+    """What retention does to old segments: every record of ``topic`` deleted from Kafka."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    futures = admin.delete_records([TopicPartition(topic, p, OFFSET_END) for p in partitions])
+    for future in futures.values():
+        future.result(timeout=30)
+
+
+def test_offsets_deleted_before_bronze_read_them_stop_it_or_are_reported_loudly(
+    spark: SparkSession, lake_settings: Settings, kafka_broker: SharedBroker
+) -> None:
+    # Once: with fail_on_data_loss false, bronze said "+0 rows" while Kafka had dropped events
+    # below its checkpoint; with true, Spark failed deep inside the query.
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = lake_settings.kafka.topics.search
+    produce(lake_settings, bootstrap, topic, 100)
+    assert run_bronze(spark, lake_settings, bootstrap).stats.rows_written == 100
+    produce(lake_settings, bootstrap, topic, 40, start=100)
+    delete_all_records(bootstrap, topic)  # the 40 unread events are gone from Kafka
+    produce(lake_settings, bootstrap, topic, 10, start=140)
+
+    with pytest.raises(DataLossError, match=r"40 events .*fail_on_data_loss: false"):
+        run_bronze(spark, lake_settings, bootstrap)
+
+    consumer = lake_settings.kafka.consumer.model_copy(update={"fail_on_data_loss": False})
+    lenient = lake_settings.model_copy(
+        update={"kafka": lake_settings.kafka.model_copy(update={"consumer": consumer})}
+    )
+    run = run_bronze(spark, lenient, bootstrap)
+    assert run.stats.skipped_events == 40
+    assert {(g.topic, g.skipped > 0) for g in run.stats.data_loss} == {(topic, True)}
+    assert run.stats.rows_written == 10
+    assert Catalog(lenient.storage).read(spark, BRONZE_EVENTS_RAW.name).count() == 110
+    # Once skipped, the checkpoint is past the gap: the next run reports nothing.
+    assert run_bronze(spark, lenient, bootstrap).stats.data_loss == []
