@@ -297,24 +297,27 @@ def test_accounting_holds_across_a_mid_stream_stop_and_replays_add_nothing(
     catalog = Catalog(capped.storage)
     generator = ClickstreamGenerator(users=100, items=50, seed=5, bad_fraction=0.1, end=NOW)
     values = [e.value.decode("utf-8", "replace") for e in generator.events(900)]
-    for chunk in range(6):  # six bronze versions (one file each): six silver micro-batches
+    # Six bronze versions (one file each): six silver micro-batches. Three land before a
+    # continuous run, which is stopped once it has written them; three land after the stop.
+    for chunk in range(3):
         land_in_bronze(catalog, values[chunk * 150 : (chunk + 1) * 150])
 
-    def stop_after_two(query: Any, stats: Any) -> None:
-        if stats.batches_written >= 2:
+    def stop_after_three(query: Any, stats: Any) -> None:
+        if stats.batches_written >= 3:
             stop_gracefully(query)
 
     first = run_silver(
         spark,
         capped,
-        # Longer than a batch takes, so the query is idle between triggers and can stop there.
-        trigger=TriggerSettings(mode="processing-time", interval="15 seconds"),
-        on_progress=stop_after_two,
-        timeout_s=120,
+        trigger=TriggerSettings(mode="processing-time", interval="2 seconds"),
+        on_progress=stop_after_three,
+        timeout_s=300,
     )
-    assert 2 <= first.stats.batches_written < 6
+    assert first.stats.batches_written == 3
+    for chunk in range(3, 6):
+        land_in_bronze(catalog, values[chunk * 150 : (chunk + 1) * 150])
     rest = run_silver(spark, capped, trigger=TriggerSettings(mode="available-now"))
-    assert first.stats.batches_written + rest.stats.batches_written == 6
+    assert rest.stats.batches_written == 3
 
     results = rows(spark, catalog, QUALITY_BATCH_RESULTS.name)
     assert sorted(r["batch_id"] for r in results) == list(range(6))
