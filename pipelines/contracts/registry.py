@@ -360,15 +360,19 @@ def _explain(error: ValidationError) -> list[Violation]:
 
 def event_time_ms(value: Any) -> int | None:
     """Event time in epoch ms from the contract's two forms (integer epoch ms up to
-    ``MAX_EVENT_TIME_MS``, or an RFC 3339 date-time); None when it is neither. A float is
-    neither: the contract refuses it (``type:timestamp``)."""
+    ``MAX_EVENT_TIME_MS``, or an RFC 3339 date-time, ``RFC3339_DATE_TIME``); None when it is
+    neither. A float is neither: the contract refuses it (``type:timestamp``). Silver's
+    ``event_time`` expression is the same definition in Spark SQL (a parity test holds them
+    together)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value if 0 <= value <= MAX_EVENT_TIME_MS else None
     if isinstance(value, str):
+        if not re.fullmatch(RFC3339_DATE_TIME, value):
+            return None
         try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
         except ValueError:
             return None
         if parsed.tzinfo is None:
@@ -380,6 +384,9 @@ def event_time_ms(value: Any) -> int | None:
 # 9999-12-31T23:59:59.999Z, the envelope contract's maximum: the latest time Spark's timestamp
 # and an RFC 3339 string both hold.
 MAX_EVENT_TIME_MS = 253_402_300_799_999
+# RFC 3339's date-time (section 5.6): a "T" between date and time, an offset always. The same
+# text is a Java regex, used by silver's Spark expression.
+RFC3339_DATE_TIME = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 
 
 def _paths(schema: dict[str, Any], prefix: str) -> Iterator[str]:

@@ -14,6 +14,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from pipelines.contracts import ContractRegistry, unified_event_schema
+from pipelines.contracts.registry import MAX_EVENT_TIME_MS, RFC3339_DATE_TIME
 from pipelines.lake.tables import SILVER_EVENTS, SILVER_QUARANTINE
 
 # Parses every event type and version; derived from the contract files, never retyped.
@@ -21,10 +22,18 @@ EVENT_SCHEMA = unified_event_schema(ContractRegistry())
 
 
 def event_time(raw: Column) -> Column:
-    """The contract's ``timestamp`` (epoch ms or RFC 3339, kept raw) as a Spark timestamp."""
-    return F.when(
-        raw.rlike(r"^[0-9]{1,15}$"), F.timestamp_millis(raw.try_cast("bigint"))
-    ).otherwise(F.try_to_timestamp(raw))
+    """The contract's ``timestamp`` (its JSON text) as a Spark timestamp, NULL when it is not an
+    event time: the definition of ``contracts.event_time_ms`` (integer epoch ms in
+    ``0..MAX_EVENT_TIME_MS`` or an RFC 3339 date-time) in Spark SQL."""
+    millis = raw.try_cast("bigint")
+    return (
+        F.when(
+            raw.rlike(r"^[0-9]{1,15}$") & (millis <= F.lit(MAX_EVENT_TIME_MS)),
+            F.timestamp_millis(millis),
+        )
+        .when(raw.rlike(f"^{RFC3339_DATE_TIME}$"), F.try_to_timestamp(F.upper(raw)))
+        .otherwise(F.lit(None).cast("timestamp"))
+    )
 
 
 def parsed_events(bronze: DataFrame) -> DataFrame:

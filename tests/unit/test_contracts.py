@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import (
     DoubleType,
     LongType,
@@ -361,3 +363,72 @@ def test_fast_path_agrees_with_the_full_validator(registry: ContractRegistry) ->
         except ValueError:
             full = ["json_parse"]
         assert fast == (full if full is not None else ["json_parse"]), raw
+
+
+EVENT_TIME_CORPUS: list[Any] = [
+    0,
+    1,
+    NOW_MS,
+    MAX_EVENT_TIME_MS,
+    MAX_EVENT_TIME_MS + 1,
+    10**15 - 1,  # 15 digits
+    10**15,
+    -1,
+    4_100_000_000_000.0,
+    1e30,
+    True,
+    None,
+    "",
+    "1795890535599",  # digits as a string
+    "2026-11-28T10:00:00Z",
+    "2026-11-28T10:00:00.123Z",
+    "2026-11-28T10:00:00.123456+02:00",
+    "2026-11-28T10:00:00-05:30",
+    "2026-11-28T10:00:00",  # no offset
+    "2026-11-28 10:00:00Z",
+    "2026-11-28",
+    "2026-13-01T00:00:00Z",
+    "2026-02-30T00:00:00Z",
+    "9999-12-31T23:59:59.999Z",
+    "0001-01-01T00:00:00Z",
+    "+10000-01-01T00:00:00Z",
+    "1e12",
+    " 2026-11-28T10:00:00Z",
+    "２０２６-11-28T10:00:00Z",  # full-width digits
+    "2026-11-28T10:00:00Z\u0000",
+    "tomorrow",
+    "2026-11-28t10:00:00z",
+    "2016-12-31T23:59:60Z",  # a leap second
+    "2026-11-28T10:00:00+24:00",
+]
+
+
+def test_one_event_time_for_the_contract_and_silver(
+    registry: ContractRegistry, spark: SparkSession
+) -> None:
+    """Every timestamp the contract accepts is the same instant in silver's ``event_ts``, and
+    every one it refuses has no event time in Python: one definition, checked on both sides."""
+    from pipelines.silver.events import event_time
+
+    raws = [json.dumps(event(timestamp=value)) for value in EVENT_TIME_CORPUS]
+    parsed = spark.createDataFrame([(raw,) for raw in raws], "value string").select(
+        F.get_json_object("value", "$.timestamp").alias("raw")
+    )
+    silver_ms = [
+        row.ms
+        for row in parsed.select(F.unix_millis(event_time(F.col("raw"))).alias("ms")).collect()
+    ]
+    disagreements = []
+    for value, raw, in_silver in zip(EVENT_TIME_CORPUS, raws, silver_ms, strict=True):
+        timestamp_rules = {v.rule for v in registry.check_json(raw) if "timestamp" in v.rule}
+        python_ms = event_time_ms(value)
+        if not timestamp_rules and (python_ms is None or in_silver != python_ms):
+            disagreements.append((value, "accepted", python_ms, in_silver))
+        # Silver reads the timestamp as JSON text, so "123" and 123 look alike there; the
+        # contract (which sees the JSON type) refuses the string before any row reaches silver.
+        quoted_digits = isinstance(value, str) and value.isascii() and value.isdigit()
+        if timestamp_rules and (
+            python_ms is not None or (in_silver is not None and not quoted_digits)
+        ):
+            disagreements.append((value, sorted(timestamp_rules), python_ms, in_silver))
+    assert disagreements == [], "\n".join(map(repr, disagreements))
