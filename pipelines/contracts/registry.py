@@ -386,7 +386,10 @@ def event_time_ms(value: Any) -> int | None:
 MAX_EVENT_TIME_MS = 253_402_300_799_999
 # RFC 3339's date-time (section 5.6): a "T" between date and time, an offset always. The same
 # text is a Java regex, used by silver's Spark expression.
-RFC3339_DATE_TIME = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+RFC3339_DATE_TIME = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"  # date T time
+    r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"  # fraction, offset
+)
 
 
 def _paths(schema: dict[str, Any], prefix: str) -> Iterator[str]:
