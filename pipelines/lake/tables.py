@@ -77,9 +77,12 @@ BRONZE_EVENTS_RAW = TableSpec(
     ),
     partition_by=("ingest_date",),
     # Statistics on the coordinates and times only: min/max of long raw payloads cost every
-    # write and skip nothing.
+    # write and skip nothing. No Parquet dictionaries: raw payloads are unique, so each file's
+    # dictionary was built and thrown away (Delta hands table properties to the Parquet writer);
+    # measured in docs/BENCHMARKS.md.
     properties={
-        "delta.dataSkippingStatsColumns": "topic,partition,offset,kafka_timestamp,ingest_ts"
+        "delta.dataSkippingStatsColumns": "topic,partition,offset,kafka_timestamp,ingest_ts",
+        "parquet.enable.dictionary": "false",
     },
     description="Raw Kafka records, append-only: key, value as received, topic/partition/offset, "
     "broker timestamp and ingest time.",

@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import OFFSET_END, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -147,6 +148,13 @@ def test_bronze_table_has_the_declared_schema_and_partitioning(
     assert table.metadata().partition_columns == ["ingest_date"]
     assert table.metadata().configuration["delta.enableChangeDataFeed"] == "true"
     assert all("ingest_date=" in uri for uri in table.file_uris())
+    # No dictionary pages: unique raw payloads made every file build one and throw it away.
+    metadata = pq.ParquetFile(table.file_uris()[0].removeprefix("file://")).metadata
+    encodings = {
+        metadata.row_group(0).column(i).path_in_schema: metadata.row_group(0).column(i).encodings
+        for i in range(metadata.num_columns)
+    }
+    assert not any("DICTIONARY" in e for codes in encodings.values() for e in codes), encodings
 
 
 def test_unreachable_broker_fails_before_spark_starts_a_query(
