@@ -22,6 +22,7 @@ import yaml
 
 import pipelines
 from pipelines.config import CONF_DIR_VAR, Settings, deep_merge, load_settings
+from pipelines.kafka.broker import log_tail
 
 CHAOS_ENV = "chaos"
 WRITE_KEY_NAME = "chaos"
@@ -127,13 +128,13 @@ class CollectorProcess:
             if not self.alive:
                 raise RuntimeError(
                     f"the collector exited with code {self.returncode} while starting; "
-                    f"{self.log_file} ends with:\n{_tail(self.log_file)}"
+                    f"{self.log_file} ends with:\n{log_tail(self.log_file)}"
                 )
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(
                     f"the collector did not answer /healthz on port {self.port} within "
-                    f"{timeout_s:.0f}s; {self.log_file} ends with:\n{_tail(self.log_file)}"
+                    f"{timeout_s:.0f}s; {self.log_file} ends with:\n{log_tail(self.log_file)}"
                 )
             time.sleep(0.05)
         return time.monotonic() - started
@@ -258,11 +259,3 @@ class RssSampler:
             for window in self._windows:
                 window.peak = max(window.peak, rss)
         return rss
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.strip().splitlines()[-lines:]) or "(empty)"

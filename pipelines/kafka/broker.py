@@ -386,7 +386,7 @@ class EmbeddedKafka:
             if proc.poll() is not None:
                 raise EmbeddedKafkaError(
                     f"embedded Kafka broker {node.node_id} exited with code {proc.returncode} "
-                    f"while starting; its log {node.log_file} ends with:\n{_tail(node.log_file)}"
+                    f"while starting; its log {node.log_file} ends with:\n{log_tail(node.log_file)}"
                 )
 
     def _check_deadline(self, started: float, what: str) -> None:
@@ -396,7 +396,7 @@ class EmbeddedKafka:
         raise EmbeddedKafkaError(
             f"embedded Kafka on {self.bootstrap_servers} {what} within "
             f"{self._start_timeout_s:.0f}s; the log {node.log_file} ends with:\n"
-            f"{_tail(node.log_file)}"
+            f"{log_tail(node.log_file)}"
         )
 
     # -- stop ----------------------------------------------------------------------------------
@@ -645,7 +645,7 @@ def _random_cluster_id() -> str:
             return cluster_id
 
 
-def _tail(path: Path, lines: int = 25) -> str:
+def log_tail(path: Path, lines: int = 25) -> str:
     """The last ``lines`` lines of a log, Java stack frames left out (the messages matter)."""
     try:
         text = path.read_text(errors="replace")
