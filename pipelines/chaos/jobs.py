@@ -91,7 +91,7 @@ POLL_S = 0.025
 STARTUP_KILL_S = (0.5, 8.0)  # a startup kill lands this long after launch
 MID_BATCH_DELAY_S = (0.0, 1.5)  # a mid-batch kill lands this long into the open batch
 KILL_WAIT_S = 300.0  # longest wait for a kill point before killing wherever the job is
-IDLE_S = 20.0  # a job whose checkpoint did not move this long has nothing to do: kill it now
+IDLE_S = 3.0  # caught up this long, with no more input to come: the kill point will not come
 DRAIN_TIMEOUT_S = 1200.0  # longest --available-now run
 OWN_EXITS_ALLOWED = 3  # a job that dies on its own this often is not restarted again
 IGNORED_GOLD_COLUMNS = ("published_at", "load_id")  # when the row was written, and by which query
@@ -152,28 +152,39 @@ def kill_plan(crashes: int, seed: int) -> dict[str, list[KillPlan]]:
     rng = random.Random(f"{seed}/jobs-plan")
     order = list(JOBS)
     rng.shuffle(order)
-    kinds: list[str] = []
-    while len(kinds) < crashes:
+    sequence: list[str] = []
+    while len(sequence) < crashes:
         cycle = list(KILL_KINDS)
         rng.shuffle(cycle)
-        kinds += cycle
-    plans: dict[str, list[KillPlan]] = {job: [] for job in JOBS}
+        sequence += cycle
+    kinds: dict[str, list[str]] = {job: [] for job in JOBS}
     for i in range(crashes):
-        job = order[i % len(order)]
-        kind = kinds[i]
-        delay = 0.0
-        if kind == "startup":
-            delay = rng.uniform(*STARTUP_KILL_S)
-        elif kind == "mid_batch":
-            delay = rng.uniform(*MID_BATCH_DELAY_S)
-        commits = rng.randint(1, _SPECS[job].commits_per_batch) if kind == "mid_commit" else 0
-        plans[job].append(KillPlan(job, kind, round(delay, 3), commits))
-    for job, kills in plans.items():
-        # A job's last kill waits for its upstream to finish; a fresh process is needed for a
-        # startup kill, so keep that one earlier when the job has another kill to swap with.
-        swap = next((i for i, k in enumerate(kills[:-1]) if k.kind != "startup"), None)
-        if _SPECS[job].upstream and kills and kills[-1].kind == "startup" and swap is not None:
-            kills[swap], kills[-1] = kills[-1], kills[swap]
+        kinds[order[i % len(order)]].append(sequence[i])
+    # A job's last kill waits until its upstream finished, and a startup kill needs a fresh
+    # process: the job would sit idle until then. Move such a kill earlier in the job, or trade
+    # it for one of bronze's (bronze waits for nobody).
+    for job in JOBS:
+        own = kinds[job]
+        if _SPECS[job].upstream is None or not own or own[-1] != "startup":
+            continue
+        earlier = next((i for i, k in enumerate(own[:-1]) if k != "startup"), None)
+        bronze = kinds["bronze"]
+        traded = next((i for i, k in enumerate(bronze) if k != "startup"), None)
+        if earlier is not None:
+            own[earlier], own[-1] = own[-1], own[earlier]
+        elif traded is not None:
+            bronze[traded], own[-1] = own[-1], bronze[traded]
+    plans: dict[str, list[KillPlan]] = {}
+    for job in JOBS:
+        plans[job] = []
+        for kind in kinds[job]:
+            delay = 0.0
+            if kind == "startup":
+                delay = rng.uniform(*STARTUP_KILL_S)
+            elif kind == "mid_batch":
+                delay = rng.uniform(*MID_BATCH_DELAY_S)
+            commits = rng.randint(1, _SPECS[job].commits_per_batch) if kind == "mid_commit" else 0
+            plans[job].append(KillPlan(job, kind, round(delay, 3), commits))
     return plans
 
 
@@ -610,7 +621,11 @@ class _Chaos:
                 ):
                     reason = "planned"
                     break
-            if open_batch is None and now - last_change > IDLE_S and now - run.started > IDLE_S:
+            if (
+                open_batch is None
+                and now - last_change > IDLE_S
+                and self._starved(run.job, checkpoint, commits)
+            ):
                 reason = "idle"
                 break
             time.sleep(POLL_S)
@@ -619,7 +634,6 @@ class _Chaos:
         offsets, commits = _batch_ids(checkpoint)
         landed = _landed(
             run,
-            plan,
             offsets=offsets,
             commits=commits,
             opened=opened,
@@ -648,6 +662,27 @@ class _Chaos:
             f"(planned {plan.kind.replace('_', ' ')}, {reason}), batch {batch}, "
             f"{record['after_s']}s after start"
         )
+
+    def _starved(self, job: str, checkpoint: Path, commits: set[int]) -> bool:
+        """Whether ``job`` has read everything there is and nothing more will come before its
+        kill: its last committed batch ends at the end of its source, and the source is final
+        (bronze: the next wave is only published after the kill)."""
+        upstream = _SPECS[job].upstream
+        if upstream is not None and not self.final[upstream].is_set():
+            return False
+        last = max(commits, default=None)
+        if last is None:
+            return False
+        end = _source_offset(checkpoint / "offsets" / str(last))
+        if job == "bronze":
+            return sum(int(o) for parts in end.values() for o in parts.values()) >= sum(
+                self.produced.values()
+            )
+        source = BRONZE_EVENTS_RAW.name if job == "silver" else SILVER_EVENTS.name
+        latest = _latest_version(Path(self.catalog.location(source)))
+        # Delta's source offset after a whole version v is (v + 1, index -1).
+        position = (int(end.get("reservoirVersion", -1)), int(end.get("index", -1)))
+        return latest >= 0 and position >= (latest + 1, -1)
 
     def _exited_on_its_own(self, run: _Run) -> None:
         self._forget(run)
@@ -685,11 +720,11 @@ class _Chaos:
                 proc.wait(60)
 
     def _size_gold_batches(self) -> None:
-        """Cap gold's micro-batches so the final silver table makes ``2 * kills + 1`` of them
-        (a kill needs a batch to land in and its restart a next one), for the crashed gold and
-        the reference alike."""
+        """Cap gold's micro-batches so the final silver table makes ``kills + 2`` of them (a kill
+        needs a batch of its own run to land in), for the crashed gold and the reference alike:
+        a gold batch costs tens of seconds here."""
         files = len(self.catalog.delta_table(SILVER_EVENTS.name).file_uris())
-        batches = max(3, 2 * len(self.plans["gold"]) + 1)
+        batches = len(self.plans["gold"]) + 2
         self.gold_files_per_batch = max(1, math.ceil(files / batches))
         for env_name in (ENV, REF_ENV):
             path = self.workdir / "conf" / f"{env_name}.yaml"
@@ -743,6 +778,26 @@ def _numbered(folder: Path) -> set[int]:
         return set()
 
 
+def _source_offset(offsets_file: Path) -> dict[str, Any]:
+    """The source's end offset in a checkpoint offsets file (its last line, JSON): Kafka's
+    ``{topic: {partition: offset}}`` or Delta's ``{"reservoirVersion": …, "index": …}``."""
+    try:
+        lines = offsets_file.read_text().strip().splitlines()
+        offset = json.loads(lines[-1])
+    except (OSError, IndexError, ValueError):
+        return {}
+    return offset if isinstance(offset, dict) else {}
+
+
+def _latest_version(table: Path) -> int:
+    """A Delta table's latest version, from its log's file names (-1 before it exists)."""
+    try:
+        names = os.listdir(table / "_delta_log")
+    except FileNotFoundError:
+        return -1
+    return max((int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()), default=-1)
+
+
 def _commit_count(tables: Sequence[Path]) -> int:
     """Delta commits in the logs of ``tables`` (a cheap listing, no parsing)."""
     total = 0
@@ -757,20 +812,17 @@ def _commit_count(tables: Sequence[Path]) -> int:
 
 def _landed(
     run: _Run,
-    plan: KillPlan,
     *,
     offsets: set[int],
     commits: set[int],
     opened: dict[int, tuple[float, int]],
     output_commits: int,
 ) -> str:
-    """Where a kill landed, read from the checkpoint and the output logs after the kill: a
-    planned startup kill before the run wrote anything is ``startup``; otherwise an open batch
-    (planned, not committed) is ``mid_commit`` when some of its Delta commits had landed, else
-    ``mid_batch``; anything else (including a query idle for want of data) is
-    ``between_batches``."""
-    untouched = offsets <= run.offsets_at_start and commits <= run.commits_at_start
-    if plan.kind == "startup" and untouched:
+    """Where a kill landed, read from the checkpoint and the output logs after the kill: before
+    the run wrote anything to its checkpoint is ``startup``; in an open batch (planned, not
+    committed) ``mid_commit`` when some of its Delta commits had landed, else ``mid_batch``;
+    anything else (including a query idle for want of data) ``between_batches``."""
+    if offsets <= run.offsets_at_start and commits <= run.commits_at_start:
         return "startup"
     newest = max(offsets, default=-1)
     if newest > max(commits, default=-1):
