@@ -147,19 +147,22 @@ class KillPlan:
 
 def kill_plan(crashes: int, seed: int) -> dict[str, list[KillPlan]]:
     """``crashes`` kills spread round-robin over the jobs (from a seeded first job, so each job
-    gets ``crashes // 4`` or one more), kinds cycling through seeded permutations of
-    ``KILL_KINDS`` so every kind occurs about equally often."""
+    gets ``crashes // 4`` or one more). Kinds form a seeded Latin square: in every round of four
+    kills each kind occurs once, and every four rounds each job gets each kind once."""
     rng = random.Random(f"{seed}/jobs-plan")
     order = list(JOBS)
     rng.shuffle(order)
-    sequence: list[str] = []
-    while len(sequence) < crashes:
-        cycle = list(KILL_KINDS)
-        rng.shuffle(cycle)
-        sequence += cycle
+    base = list(KILL_KINDS)
+    rng.shuffle(base)
+    shifts: list[int] = []
     kinds: dict[str, list[str]] = {job: [] for job in JOBS}
     for i in range(crashes):
-        kinds[order[i % len(order)]].append(sequence[i])
+        turn, position = divmod(i, len(order))
+        if turn >= len(shifts):
+            block = list(range(len(base)))
+            rng.shuffle(block)
+            shifts += block
+        kinds[order[position]].append(base[(position + shifts[turn]) % len(base)])
     # A job's last kill waits until its upstream finished, and a startup kill needs a fresh
     # process: the job would sit idle until then. Move such a kill earlier in the job, or trade
     # it for one of bronze's (bronze waits for nobody).
@@ -375,6 +378,7 @@ class _Chaos:
         self.live: set[subprocess.Popen[bytes]] = set()
         self.kills: list[dict[str, Any]] = []
         self.tally = {job: _JobTally() for job in JOBS}
+        self.reference_tally = {job: _JobTally() for job in JOBS}
         self.problems: list[str] = []
         self.errors: list[BaseException] = []
         self.produced: Counter[str] = Counter()
@@ -484,7 +488,7 @@ class _Chaos:
                     f"{spec.upstream} to finish",
                     4 * DRAIN_TIMEOUT_S,
                 )
-            self._drain(job, self.settings, ENV)
+            self._drain(job)
             if job == "silver":
                 self._size_gold_batches()
         finally:
@@ -502,7 +506,7 @@ class _Chaos:
         self._wait(lambda: self.slots.acquire(timeout=POLL_S), "a JVM slot for the reference", 1e9)
         try:
             for job in ("sessions", "gold"):
-                self._drain(job, self.ref_settings, REF_ENV, reference=True)
+                self._drain(job, REF_ENV)
         finally:
             self.slots.release()
             self.reference_done.set()
@@ -511,7 +515,7 @@ class _Chaos:
     def _start(self, job: str, *, available_now: bool, env_name: str = ENV) -> _Run:
         if self.abort.is_set():
             raise _AbortedError(job)
-        tally = self.tally[job] if env_name == ENV else _JobTally()
+        tally = (self.tally if env_name == ENV else self.reference_tally)[job]
         tally.starts += 1
         mode = "available-now" if available_now else "processing-time"
         trigger = ["--available-now"] if available_now else ["--processing-time", TRIGGER]
@@ -542,11 +546,15 @@ class _Chaos:
             )
         with self.lock:
             self.live.add(proc)
+            aborted = self.abort.is_set()  # stop_all may have run while this one started
+        if aborted:
+            self.stop_all()
+            raise _AbortedError(job)
         what = "start" if tally.starts == 1 else "restart"
         self.log(f"{prefix}{job}: {what} ({mode}), run {tally.starts}")
         return _Run(job, mode, proc, log_path, time.monotonic(), offsets, commits)
 
-    def _drain(self, job: str, settings: Settings, env_name: str, reference: bool = False) -> None:
+    def _drain(self, job: str, env_name: str = ENV) -> None:
         """Run ``job`` with ``--available-now`` to completion (its restart after the last kill)."""
         for attempt in (1, 2):
             run = self._start(job, available_now=True, env_name=env_name)
@@ -562,6 +570,7 @@ class _Chaos:
                     f"{job} --available-now did not finish in {DRAIN_TIMEOUT_S:.0f}s; see {run.log}"
                 )
             self._forget(run)
+            reference = env_name == REF_ENV
             name = f"reference {job}" if reference else job
             if run.proc.returncode == 0:
                 if not reference:
