@@ -90,7 +90,7 @@ TRIGGER = "1s"  # processing-time trigger of the jobs between kills
 POLL_S = 0.025
 STARTUP_KILL_S = (0.5, 8.0)  # a startup kill lands this long after launch
 MID_BATCH_DELAY_S = (0.0, 1.5)  # a mid-batch kill lands this long into the open batch
-KILL_WAIT_S = 300.0  # longest wait for a kill point before killing wherever the job is
+KILL_WAIT_S = 900.0  # longest wait for a kill point before killing wherever the job is
 IDLE_S = 3.0  # caught up this long, with no more input to come: the kill point will not come
 DRAIN_TIMEOUT_S = 1200.0  # longest --available-now run
 OWN_EXITS_ALLOWED = 3  # a job that dies on its own this often is not restarted again
@@ -146,23 +146,30 @@ class KillPlan:
 
 
 def kill_plan(crashes: int, seed: int) -> dict[str, list[KillPlan]]:
-    """``crashes`` kills spread round-robin over the jobs (from a seeded first job, so each job
-    gets ``crashes // 4`` or one more). Kinds form a seeded Latin square: in every round of four
-    kills each kind occurs once, and every four rounds each job gets each kind once."""
+    """``crashes`` kills over the four jobs and where each lands.
+
+    Each job gets ``crashes // 4`` (the remainder goes to seeded jobs), except that once every
+    job has two, silver takes one of bronze's and one of gold's: bronze, sessions and gold run
+    one after the other and a gold restart costs a minute here, while silver runs beside them.
+    Kinds: each job cycles through a seeded permutation of ``KILL_KINDS`` from its own offset,
+    so in every round the jobs' kinds differ and every four kills a job has had each kind.
+    """
     rng = random.Random(f"{seed}/jobs-plan")
     order = list(JOBS)
     rng.shuffle(order)
+    counts = {job: crashes // len(JOBS) for job in JOBS}
+    for job in order[: crashes % len(JOBS)]:
+        counts[job] += 1
+    if min(counts.values()) >= 2:
+        counts["bronze"] -= 1
+        counts["gold"] -= 1
+        counts["silver"] += 2
     base = list(KILL_KINDS)
     rng.shuffle(base)
-    shifts: list[int] = []
-    kinds: dict[str, list[str]] = {job: [] for job in JOBS}
-    for i in range(crashes):
-        turn, position = divmod(i, len(order))
-        if turn >= len(shifts):
-            block = list(range(len(base)))
-            rng.shuffle(block)
-            shifts += block
-        kinds[order[position]].append(base[(position + shifts[turn]) % len(base)])
+    offsets = dict(zip(order, range(len(base)), strict=True))
+    kinds = {
+        job: [base[(offsets[job] + k) % len(base)] for k in range(counts[job])] for job in JOBS
+    }
     # A job's last kill waits until its upstream finished, and a startup kill needs a fresh
     # process: the job would sit idle until then. Move such a kill earlier in the job, or trade
     # it for one of bronze's (bronze waits for nobody).

@@ -7,11 +7,12 @@ checks behind ``lost`` and ``duplicated`` see a duplicated row, a missing one an
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from pyspark.sql import SparkSession
 
 from pipelines.chaos.jobs import (
     JOBS,
@@ -23,7 +24,17 @@ from pipelines.chaos.jobs import (
     silver_faults,
     table_diff,
 )
-from tests.conftest import SharedBroker
+from pipelines.config import Settings, TriggerSettings
+from pipelines.gold.job import run_gold
+from pipelines.lake.tables import (
+    GOLD_ITEM_FEATURES,
+    GOLD_ITEM_FEATURES_HISTORY,
+    GOLD_USER_FEATURES,
+    GOLD_USER_FEATURES_HISTORY,
+)
+from tests.conftest import SharedBroker, make_settings
+from tests.streaming.helpers import forget_commit
+from tests.streaming.test_gold_job import NOW, click, silver_from
 
 QUICK_CRASHES, QUICK_EVENTS = 4, 3_000
 
@@ -64,6 +75,54 @@ def test_quick_job_crashes_lose_nothing_and_write_nothing_twice(
     for table in ("sessions", "gold.user_features", "gold.item_features_history"):
         assert checks[table]["rows"] == checks[table]["reference_rows"] > 0, (table, story)
     assert sum(1 for line in lines if "kill #" in line) == result.injected
+
+
+@pytest.mark.streaming
+def test_gold_replayed_after_publishing_only_its_users_publishes_its_items_as_before(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """What the chaos run found: gold killed between its user and its item commits restarted
+    with the batch's own as-of time as "already published", so the replay moved every item row
+    to that time. The replay must publish what the batch would have."""
+    settings: Settings = make_settings(tmp_path / "lake", gold={"publish_every": "1 hour"})
+    start = NOW.replace(minute=0, second=0) - timedelta(hours=5)
+    catalog = silver_from(
+        spark,
+        settings,
+        [
+            click("u1", "i1", start + timedelta(minutes=10)),
+            click("u1", "i2", start + timedelta(hours=2, minutes=5)),
+            click("u2", "i1", start + timedelta(hours=2, minutes=30)),
+        ],
+    )
+    available_now = TriggerSettings(mode="available-now")
+    assert run_gold(spark, settings, trigger=available_now).stats.batches_published == 1
+    tables = (
+        GOLD_USER_FEATURES,
+        GOLD_USER_FEATURES_HISTORY,
+        GOLD_ITEM_FEATURES,
+        GOLD_ITEM_FEATURES_HISTORY,
+    )
+    published = {spec.name: catalog.read_arrow(spec.name) for spec in tables}
+    assert published[GOLD_ITEM_FEATURES_HISTORY.name].num_rows == 3  # i1 in two slices, i2
+
+    # The crash: the user tables hold batch 0, the item tables and the checkpoint do not.
+    for spec in (GOLD_ITEM_FEATURES, GOLD_ITEM_FEATURES_HISTORY):
+        log = Path(catalog.location(spec.name)) / "_delta_log"
+        newest = max(int(p.stem) for p in log.glob("[0-9]*.json"))
+        for name in (f"{newest:020d}.json", f"{newest:020d}.crc"):
+            (log / name).unlink(missing_ok=True)
+            (log / f".{name}.crc").unlink(missing_ok=True)  # the local filesystem's checksum
+    forget_commit(catalog.checkpoint(GOLD_USER_FEATURES.name), 0)
+    assert spark._jvm is not None
+    spark._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # the session cached the logs
+
+    replay = run_gold(spark, settings, trigger=available_now)
+
+    assert replay.stats.batches_published == 1
+    for name, before in published.items():
+        diff = table_diff(catalog.read_arrow(name), before, None, ignore=["published_at"])
+        assert diff.total == 0, (name, diff)
 
 
 # -- the checks can fail ----------------------------------------------------------------------
@@ -139,13 +198,14 @@ def test_table_diff_sees_repeated_missing_extra_and_changed_rows() -> None:
 def test_kill_plan_spreads_every_kind_over_every_job() -> None:
     plan = kill_plan(20, seed=3)
     assert sum(len(kills) for kills in plan.values()) == 20
-    assert all(len(plan[job]) == 5 for job in JOBS)
-    kinds = Counter(k.kind for kills in plan.values() for k in kills)
-    assert kinds == dict.fromkeys(KILL_KINDS, 5)
+    assert all(len(plan[job]) >= 20 // 4 - 1 for job in JOBS)
+    assert all({k.kind for k in plan[job]} == set(KILL_KINDS) for job in JOBS)
+    assert all(k.job == job for job in JOBS for k in plan[job])
     assert plan == kill_plan(20, seed=3)
     assert plan != kill_plan(20, seed=4)
-    quick = kill_plan(6, seed=3)
-    assert sorted(len(kills) for kills in quick.values()) == [1, 1, 2, 2]
+    quick = kill_plan(4, seed=3)
+    assert sorted(k.kind for kills in quick.values() for k in kills) == sorted(KILL_KINDS)
+    assert sorted(len(kills) for kills in kill_plan(6, seed=3).values()) == [1, 1, 2, 2]
     for job in ("silver", "sessions", "gold"):  # waits for its upstream: not a startup kill
         kills = plan[job]
         assert kills[-1].kind != "startup" or all(k.kind == "startup" for k in kills)
