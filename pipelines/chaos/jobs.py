@@ -2,15 +2,16 @@
 prove that nothing was lost and nothing was written twice.
 
 Every job runs as ``lakehouse run <job>`` in its own process group (its own JVM) over one storage
-root under ``workdir``; a kill is ``SIGKILL`` to the whole group. Where a kill lands is drawn from
-the seed and read off the query's checkpoint and the Delta logs of the tables it writes:
+root under ``workdir``; a kill is ``SIGKILL`` to the whole group. Where each kill should land is
+drawn from the seed (``kill_plan``); where it did land is read off the query's checkpoint and the
+Delta logs of the tables it writes, and recorded:
 
-* ``startup``: a few seconds after launch, before the query did anything;
+* ``startup``: before the run wrote anything to its checkpoint (planned: 0.5-8 s after launch);
 * ``mid_batch``: Spark planned batch N (``offsets/N``) and has not committed it (no
   ``commits/N``), before any of the batch's Delta commits;
 * ``mid_commit``: inside batch N after some of its Delta commits landed (silver writes three
   tables and a suite result, gold two suite results and four tables): the partial-publish case;
-* ``between_batches``: batch N committed and batch N+1 not planned yet.
+* ``between_batches``: batch N committed and batch N+1 not planned yet (or nothing to read).
 
 Schedule: synthetic events (bad ones and exact duplicates mixed in) are published in waves, a new
 wave after each bronze kill, so crashes keep happening while data arrives. At most two JVMs run at
@@ -363,7 +364,6 @@ class _Chaos:
         plans: dict[str, list[KillPlan]],
         waves: list[list[GeneratedEvent]],
         bootstrap: str,
-        seed: int,
         log: Callable[[str], None],
     ) -> None:
         self.workdir = workdir
@@ -372,14 +372,12 @@ class _Chaos:
         self.plans = plans
         self.waves = waves
         self.bootstrap = bootstrap
-        self.seed = seed
         self._log = log
         self.launcher = workdir / "lakehouse.py"
         self.logs = workdir / "logs"
         self.catalog = Catalog.for_settings(settings)
         self.slots = threading.BoundedSemaphore(MAX_JVMS)
         self.final = {job: threading.Event() for job in JOBS}
-        self.reference_done = threading.Event()
         self.abort = threading.Event()
         self.lock = threading.Lock()
         self.live: set[subprocess.Popen[bytes]] = set()
@@ -516,7 +514,6 @@ class _Chaos:
                 self._drain(job, REF_ENV)
         finally:
             self.slots.release()
-            self.reference_done.set()
 
     # -- processes -----------------------------------------------------------------------------
     def _start(self, job: str, *, available_now: bool, env_name: str = ENV) -> _Run:
@@ -736,11 +733,12 @@ class _Chaos:
                 proc.wait(60)
 
     def _size_gold_batches(self) -> None:
-        """Cap gold's micro-batches so the final silver table makes ``kills + 2`` of them (a kill
-        needs a batch of its own run to land in), for the crashed gold and the reference alike:
-        a gold batch costs tens of seconds here."""
+        """Cap gold's micro-batches so the final silver table makes ``kills + 1`` of them, for the
+        crashed gold and the reference alike: each kill but a startup one needs a new batch of
+        its run to land in (the restart first replays the killed one), the drain one more, and a
+        gold batch costs tens of seconds here."""
         files = len(self.catalog.delta_table(SILVER_EVENTS.name).file_uris())
-        batches = len(self.plans["gold"]) + 2
+        batches = len(self.plans["gold"]) + 1
         self.gold_files_per_batch = max(1, math.ceil(files / batches))
         for env_name in (ENV, REF_ENV):
             path = self.workdir / "conf" / f"{env_name}.yaml"
@@ -1055,7 +1053,6 @@ def run_job_crashes(
             plans=plans,
             waves=_waves(events, seed, waves),
             bootstrap=bootstrap_servers,
-            seed=seed,
             log=log,
         )
         chaos.run()
