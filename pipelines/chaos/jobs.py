@@ -2,15 +2,16 @@
 prove that nothing was lost and nothing was written twice.
 
 Every job runs as ``lakehouse run <job>`` in its own process group (its own JVM) over one storage
-root under ``workdir``; a kill is ``SIGKILL`` to the whole group. Where a kill lands is drawn from
-the seed and read off the query's checkpoint and the Delta logs of the tables it writes:
+root under ``workdir``; a kill is ``SIGKILL`` to the whole group. Where each kill should land is
+drawn from the seed (``kill_plan``); where it did land is read off the query's checkpoint and the
+Delta logs of the tables it writes, and recorded:
 
-* ``startup``: a few seconds after launch, before the query did anything;
+* ``startup``: before the run wrote anything to its checkpoint (planned: 0.5-8 s after launch);
 * ``mid_batch``: Spark planned batch N (``offsets/N``) and has not committed it (no
   ``commits/N``), before any of the batch's Delta commits;
 * ``mid_commit``: inside batch N after some of its Delta commits landed (silver writes three
   tables and a suite result, gold two suite results and four tables): the partial-publish case;
-* ``between_batches``: batch N committed and batch N+1 not planned yet.
+* ``between_batches``: batch N committed and batch N+1 not planned yet (or nothing to read).
 
 Schedule: synthetic events (bad ones and exact duplicates mixed in) are published in waves, a new
 wave after each bronze kill, so crashes keep happening while data arrives. At most two JVMs run at
@@ -90,7 +91,7 @@ TRIGGER = "1s"  # processing-time trigger of the jobs between kills
 POLL_S = 0.025
 STARTUP_KILL_S = (0.5, 8.0)  # a startup kill lands this long after launch
 MID_BATCH_DELAY_S = (0.0, 1.5)  # a mid-batch kill lands this long into the open batch
-KILL_WAIT_S = 300.0  # longest wait for a kill point before killing wherever the job is
+KILL_WAIT_S = 900.0  # longest wait for a kill point before killing wherever the job is
 IDLE_S = 3.0  # caught up this long, with no more input to come: the kill point will not come
 DRAIN_TIMEOUT_S = 1200.0  # longest --available-now run
 OWN_EXITS_ALLOWED = 3  # a job that dies on its own this often is not restarted again
@@ -146,20 +147,30 @@ class KillPlan:
 
 
 def kill_plan(crashes: int, seed: int) -> dict[str, list[KillPlan]]:
-    """``crashes`` kills spread round-robin over the jobs (from a seeded first job, so each job
-    gets ``crashes // 4`` or one more), kinds cycling through seeded permutations of
-    ``KILL_KINDS`` so every kind occurs about equally often."""
+    """``crashes`` kills over the four jobs and where each lands.
+
+    Each job gets ``crashes // 4`` (the remainder goes to seeded jobs), except that once every
+    job has two, silver takes one of bronze's and one of gold's: bronze, sessions and gold run
+    one after the other and a gold restart costs a minute here, while silver runs beside them.
+    Kinds: each job cycles through a seeded permutation of ``KILL_KINDS`` from its own offset,
+    so in every round the jobs' kinds differ and every four kills a job has had each kind.
+    """
     rng = random.Random(f"{seed}/jobs-plan")
     order = list(JOBS)
     rng.shuffle(order)
-    sequence: list[str] = []
-    while len(sequence) < crashes:
-        cycle = list(KILL_KINDS)
-        rng.shuffle(cycle)
-        sequence += cycle
-    kinds: dict[str, list[str]] = {job: [] for job in JOBS}
-    for i in range(crashes):
-        kinds[order[i % len(order)]].append(sequence[i])
+    counts = {job: crashes // len(JOBS) for job in JOBS}
+    for job in order[: crashes % len(JOBS)]:
+        counts[job] += 1
+    if min(counts.values()) >= 2:
+        counts["bronze"] -= 1
+        counts["gold"] -= 1
+        counts["silver"] += 2
+    base = list(KILL_KINDS)
+    rng.shuffle(base)
+    offsets = dict(zip(order, range(len(base)), strict=True))
+    kinds = {
+        job: [base[(offsets[job] + k) % len(base)] for k in range(counts[job])] for job in JOBS
+    }
     # A job's last kill waits until its upstream finished, and a startup kill needs a fresh
     # process: the job would sit idle until then. Move such a kill earlier in the job, or trade
     # it for one of bronze's (bronze waits for nobody).
@@ -353,7 +364,6 @@ class _Chaos:
         plans: dict[str, list[KillPlan]],
         waves: list[list[GeneratedEvent]],
         bootstrap: str,
-        seed: int,
         log: Callable[[str], None],
     ) -> None:
         self.workdir = workdir
@@ -362,19 +372,18 @@ class _Chaos:
         self.plans = plans
         self.waves = waves
         self.bootstrap = bootstrap
-        self.seed = seed
         self._log = log
         self.launcher = workdir / "lakehouse.py"
         self.logs = workdir / "logs"
         self.catalog = Catalog.for_settings(settings)
         self.slots = threading.BoundedSemaphore(MAX_JVMS)
         self.final = {job: threading.Event() for job in JOBS}
-        self.reference_done = threading.Event()
         self.abort = threading.Event()
         self.lock = threading.Lock()
         self.live: set[subprocess.Popen[bytes]] = set()
         self.kills: list[dict[str, Any]] = []
         self.tally = {job: _JobTally() for job in JOBS}
+        self.reference_tally = {job: _JobTally() for job in JOBS}
         self.problems: list[str] = []
         self.errors: list[BaseException] = []
         self.produced: Counter[str] = Counter()
@@ -484,7 +493,7 @@ class _Chaos:
                     f"{spec.upstream} to finish",
                     4 * DRAIN_TIMEOUT_S,
                 )
-            self._drain(job, self.settings, ENV)
+            self._drain(job)
             if job == "silver":
                 self._size_gold_batches()
         finally:
@@ -502,16 +511,15 @@ class _Chaos:
         self._wait(lambda: self.slots.acquire(timeout=POLL_S), "a JVM slot for the reference", 1e9)
         try:
             for job in ("sessions", "gold"):
-                self._drain(job, self.ref_settings, REF_ENV, reference=True)
+                self._drain(job, REF_ENV)
         finally:
             self.slots.release()
-            self.reference_done.set()
 
     # -- processes -----------------------------------------------------------------------------
     def _start(self, job: str, *, available_now: bool, env_name: str = ENV) -> _Run:
         if self.abort.is_set():
             raise _AbortedError(job)
-        tally = self.tally[job] if env_name == ENV else _JobTally()
+        tally = (self.tally if env_name == ENV else self.reference_tally)[job]
         tally.starts += 1
         mode = "available-now" if available_now else "processing-time"
         trigger = ["--available-now"] if available_now else ["--processing-time", TRIGGER]
@@ -542,11 +550,15 @@ class _Chaos:
             )
         with self.lock:
             self.live.add(proc)
+            aborted = self.abort.is_set()  # stop_all may have run while this one started
+        if aborted:
+            self.stop_all()
+            raise _AbortedError(job)
         what = "start" if tally.starts == 1 else "restart"
         self.log(f"{prefix}{job}: {what} ({mode}), run {tally.starts}")
         return _Run(job, mode, proc, log_path, time.monotonic(), offsets, commits)
 
-    def _drain(self, job: str, settings: Settings, env_name: str, reference: bool = False) -> None:
+    def _drain(self, job: str, env_name: str = ENV) -> None:
         """Run ``job`` with ``--available-now`` to completion (its restart after the last kill)."""
         for attempt in (1, 2):
             run = self._start(job, available_now=True, env_name=env_name)
@@ -562,6 +574,7 @@ class _Chaos:
                     f"{job} --available-now did not finish in {DRAIN_TIMEOUT_S:.0f}s; see {run.log}"
                 )
             self._forget(run)
+            reference = env_name == REF_ENV
             name = f"reference {job}" if reference else job
             if run.proc.returncode == 0:
                 if not reference:
@@ -720,11 +733,12 @@ class _Chaos:
                 proc.wait(60)
 
     def _size_gold_batches(self) -> None:
-        """Cap gold's micro-batches so the final silver table makes ``kills + 2`` of them (a kill
-        needs a batch of its own run to land in), for the crashed gold and the reference alike:
-        a gold batch costs tens of seconds here."""
+        """Cap gold's micro-batches so the final silver table makes ``kills + 1`` of them, for the
+        crashed gold and the reference alike: each kill but a startup one needs a new batch of
+        its run to land in (the restart first replays the killed one), the drain one more, and a
+        gold batch costs tens of seconds here."""
         files = len(self.catalog.delta_table(SILVER_EVENTS.name).file_uris())
-        batches = len(self.plans["gold"]) + 2
+        batches = len(self.plans["gold"]) + 1
         self.gold_files_per_batch = max(1, math.ceil(files / batches))
         for env_name in (ENV, REF_ENV):
             path = self.workdir / "conf" / f"{env_name}.yaml"
@@ -1039,7 +1053,6 @@ def run_job_crashes(
             plans=plans,
             waves=_waves(events, seed, waves),
             bootstrap=bootstrap_servers,
-            seed=seed,
             log=log,
         )
         chaos.run()

@@ -118,7 +118,9 @@ def gold_batch_handler(
     def handle(batch_df: DataFrame, batch_id: int) -> None:
         if not query:
             query.append(query_id_from_checkpoint(checkpoint, batch_df.sparkSession))
-            last_published.append(_latest_feature_ts(catalog))
+            # Before this batch: a batch replayed after a crash between its user and item
+            # commits already has its own T in the user history, and must not count it.
+            last_published.append(_latest_feature_ts(catalog, f"{query[0]}:{batch_id}"))
         app = {name: f"{name}:{query[0]}" for name in appenders}
         if all(appenders[n].committed(app[n], batch_id) for n in appenders):
             stats.batches_skipped += 1
@@ -357,12 +359,14 @@ def _micros_of(moment: datetime) -> int:
     return _micros(_utc(moment) - datetime(1970, 1, 1, tzinfo=UTC))
 
 
-def _latest_feature_ts(catalog: Catalog) -> datetime | None:
-    """The last published ``T`` (from the user history), so ``T`` never goes back."""
+def _latest_feature_ts(catalog: Catalog, excluding_load_id: str) -> datetime | None:
+    """The last ``T`` published by an earlier batch (from the user history, without the rows of
+    ``excluding_load_id``), so ``T`` never goes back."""
     if not catalog.exists(GOLD_USER_FEATURES_HISTORY.name):
         return None
-    table_name = GOLD_USER_FEATURES_HISTORY.name
-    column = catalog.read_arrow(table_name, columns=["feature_ts"]).column("feature_ts")
+    rows = catalog.read_arrow(GOLD_USER_FEATURES_HISTORY.name, columns=["feature_ts", "load_id"])
+    earlier = rows.filter(pc.not_equal(rows.column("load_id"), excluding_load_id))
+    column = earlier.column("feature_ts")
     latest = pc.max(column).as_py() if len(column) else None
     return _utc(latest) if latest is not None else None
 

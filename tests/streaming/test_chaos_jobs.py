@@ -6,12 +6,14 @@ checks behind ``lost`` and ``duplicated`` see a duplicated row, a missing one an
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from pyspark.sql import SparkSession
 
 from pipelines.chaos.jobs import (
     JOBS,
@@ -23,7 +25,25 @@ from pipelines.chaos.jobs import (
     silver_faults,
     table_diff,
 )
-from tests.conftest import SharedBroker
+from pipelines.config import Settings, TriggerSettings
+from pipelines.gold.job import run_gold
+from pipelines.lake.catalog import Catalog
+from pipelines.lake.tables import (
+    GOLD_ITEM_FEATURES,
+    GOLD_ITEM_FEATURES_HISTORY,
+    GOLD_USER_FEATURES,
+    GOLD_USER_FEATURES_HISTORY,
+    QUALITY_SUITE_RESULTS,
+    SILVER_EVENTS,
+)
+from pipelines.quality.report import accounting_report
+from pipelines.silver.job import run_silver, silver_suite_validator
+from tests.conftest import SharedBroker, make_settings
+from tests.streaming.helpers import forget_commit
+from tests.streaming.test_gold_job import NOW, click, silver_from
+from tests.streaming.test_silver_job import event, land_in_bronze
+
+AVAILABLE_NOW = TriggerSettings(mode="available-now")
 
 QUICK_CRASHES, QUICK_EVENTS = 4, 3_000
 
@@ -67,10 +87,93 @@ def test_quick_job_crashes_lose_nothing_and_write_nothing_twice(
     valid = details["events"]["valid"]
     assert 0 < valid < QUICK_EVENTS
     assert checks["silver"]["notes"]["rows"] == valid
-    assert checks["silver"]["notes"]["accounting"]["ok"], checks["silver"]["notes"]["accounting"]
+    accounting = checks["silver"]["notes"]["accounting"]
+    # input = silver + quarantine + duplicates, per batch and against the tables. (A kill while
+    # silver's suite runs leaves that batch without a suite result: reported in
+    # details["problems"], not a loss.)
+    assert accounting["broken_batches"] == accounting["mismatches"] == [], accounting
+    assert accounting["totals"]["input_rows"] == QUICK_EVENTS
     for table in ("sessions", "gold.user_features", "gold.item_features_history"):
         assert checks[table]["rows"] == checks[table]["reference_rows"] > 0, (table, story)
     assert sum(1 for line in lines if "kill #" in line) == result.injected
+
+
+@pytest.mark.streaming
+def test_gold_replayed_after_publishing_only_its_users_publishes_its_items_as_before(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """What the chaos run found: gold killed between its user and its item commits restarted
+    with the batch's own as-of time as "already published", so the replay moved every item row
+    to that time. The replay must publish what the batch would have."""
+    settings: Settings = make_settings(tmp_path / "lake", gold={"publish_every": "1 hour"})
+    start = NOW.replace(minute=0, second=0) - timedelta(hours=5)
+    catalog = silver_from(
+        spark,
+        settings,
+        [
+            click("u1", "i1", start + timedelta(minutes=10)),
+            click("u1", "i2", start + timedelta(hours=2, minutes=5)),
+            click("u2", "i1", start + timedelta(hours=2, minutes=30)),
+        ],
+    )
+    assert run_gold(spark, settings, trigger=AVAILABLE_NOW).stats.batches_published == 1
+    tables = (
+        GOLD_USER_FEATURES,
+        GOLD_USER_FEATURES_HISTORY,
+        GOLD_ITEM_FEATURES,
+        GOLD_ITEM_FEATURES_HISTORY,
+    )
+    published = {spec.name: catalog.read_arrow(spec.name) for spec in tables}
+    assert published[GOLD_ITEM_FEATURES_HISTORY.name].num_rows == 3  # i1 in two slices, i2
+
+    # The crash: the user tables hold batch 0, the item tables and the checkpoint do not.
+    for spec in (GOLD_ITEM_FEATURES, GOLD_ITEM_FEATURES_HISTORY):
+        forget_last_commit(spark, catalog, spec.name)
+    forget_commit(catalog.checkpoint(GOLD_USER_FEATURES.name), 0)
+
+    replay = run_gold(spark, settings, trigger=AVAILABLE_NOW)
+
+    assert replay.stats.batches_published == 1
+    for name, before in published.items():
+        diff = table_diff(catalog.read_arrow(name), before, None, ignore=["published_at"])
+        assert diff.total == 0, (name, diff)
+
+
+@pytest.mark.streaming
+@pytest.mark.xfail(
+    strict=True,
+    reason="known issue found by the chaos run: silver killed while its suite runs (after its "
+    "three commits) skips the whole batch on replay, so that batch never gets a suite result "
+    "and `lakehouse quality check` stays red",
+)
+def test_silver_replayed_after_its_writes_still_records_its_suite_result(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path / "lake")
+    catalog = Catalog(settings.storage)
+    land_in_bronze(catalog, [json.dumps(event()) for _ in range(5)] + ["{broken"])
+    validator = silver_suite_validator(settings, catalog)
+    run_silver(spark, settings, trigger=AVAILABLE_NOW, validator=validator)
+    assert accounting_report(catalog, require_suites=True).ok
+
+    # The crash: quarantine, silver and the batch results landed; the suite result and the
+    # checkpoint's commit did not.
+    forget_last_commit(spark, catalog, QUALITY_SUITE_RESULTS.name)
+    forget_commit(catalog.checkpoint(SILVER_EVENTS.name), 0)
+    run_silver(spark, settings, trigger=AVAILABLE_NOW, validator=validator)
+
+    assert accounting_report(catalog, require_suites=True).suite_problems == []
+
+
+def forget_last_commit(spark: SparkSession, catalog: Catalog, table: str) -> None:
+    """Undo a table's latest Delta commit, as if the process died before making it."""
+    log = Path(catalog.location(table)) / "_delta_log"
+    last = catalog.delta_table(table).version()
+    # The commit file, its Delta checksum and Hadoop's hidden .crc of each.
+    for entry in [*log.glob(f"{last:020d}.*"), *log.glob(f".{last:020d}.*")]:
+        entry.unlink()
+    assert spark._jvm is not None
+    spark._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # as a restarted process would
 
 
 # -- the checks can fail ----------------------------------------------------------------------
@@ -146,13 +249,14 @@ def test_table_diff_sees_repeated_missing_extra_and_changed_rows() -> None:
 def test_kill_plan_spreads_every_kind_over_every_job() -> None:
     plan = kill_plan(20, seed=3)
     assert sum(len(kills) for kills in plan.values()) == 20
-    assert all(len(plan[job]) == 5 for job in JOBS)
-    kinds = Counter(k.kind for kills in plan.values() for k in kills)
-    assert kinds == dict.fromkeys(KILL_KINDS, 5)
+    assert all(len(plan[job]) >= 20 // 4 - 1 for job in JOBS)
+    assert all({k.kind for k in plan[job]} == set(KILL_KINDS) for job in JOBS)
+    assert all(k.job == job for job in JOBS for k in plan[job])
     assert plan == kill_plan(20, seed=3)
     assert plan != kill_plan(20, seed=4)
-    quick = kill_plan(6, seed=3)
-    assert sorted(len(kills) for kills in quick.values()) == [1, 1, 2, 2]
+    quick = kill_plan(4, seed=3)
+    assert sorted(k.kind for kills in quick.values() for k in kills) == sorted(KILL_KINDS)
+    assert sorted(len(kills) for kills in kill_plan(6, seed=3).values()) == [1, 1, 2, 2]
     for job in ("silver", "sessions", "gold"):  # waits for its upstream: not a startup kill
         kills = plan[job]
         assert kills[-1].kind != "startup" or all(k.kind == "startup" for k in kills)
