@@ -78,14 +78,12 @@ class SuiteRecorder:
             "data_docs_index": result.data_docs_index,
         }
         data = pa.Table.from_pylist([row], schema=QUALITY_SUITE_RESULTS.arrow_schema)
-        query_id = query_of(load_id)
-        self.appender.append(
-            data,
-            f"{QUALITY_SUITE_RESULTS.name}:{table}:{query_id}",
-            batch_id,
-            spark=frame.sparkSession,
-        )
+        self.appender.append(data, _app_id(table, load_id), batch_id, spark=frame.sparkSession)
         return result
+
+    def recorded(self, table: str, *, batch_id: int, load_id: str) -> bool:
+        """Whether the result of ``table``'s batch (of the query of ``load_id``) is recorded."""
+        return self.appender.committed(_app_id(table, load_id), batch_id)
 
     def _publish(self, result: SuiteResult) -> SuiteResult:
         """Copy new Data Docs pages to object storage; the result points at the published index."""
@@ -95,3 +93,8 @@ class SuiteRecorder:
         self.objects.put_tree(docs, key, since=self._published)
         relative = Path(result.data_docs_index).resolve().relative_to(docs.resolve()).as_posix()
         return dataclasses.replace(result, data_docs_index=self.objects.uri(f"{key}/{relative}"))
+
+
+def _app_id(table: str, load_id: str) -> str:
+    """The idempotent-append id of a table's suite results: one per (table, query)."""
+    return f"{QUALITY_SUITE_RESULTS.name}:{table}:{query_of(load_id)}"

@@ -26,6 +26,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.config import Settings, TriggerSettings
@@ -63,6 +64,10 @@ class BatchValidator(Protocol):
     """Validates the rows a batch wrote (the Great Expectations suite) and records the result."""
 
     def __call__(self, written: DataFrame, batch_id: int, load_id: str) -> None: ...
+
+    def recorded(self, batch_id: int, load_id: str) -> bool:
+        """Whether the result of this batch is already recorded (a replay must not skip it)."""
+        ...
 
 
 @dataclass
@@ -103,14 +108,19 @@ def silver_batch_handler(
     def app_id(spec: TableSpec) -> str:
         return f"{spec.name}:{query[0]}"
 
+    def validate(batch_id: int) -> bool:
+        return validator is not None and batch_id % validate_every == 0
+
     def handle(batch_df: DataFrame, batch_id: int) -> None:
         if not query:
             query.append(query_id_from_checkpoint(checkpoint, batch_df.sparkSession))
+        load_id = f"{query[0]}:{batch_id}"
         if all(appenders[s.name].committed(app_id(s), batch_id) for s in _WRITES):
             stats.batches_skipped += 1
             log.warning("silver: batch %s already committed; skipping replay", batch_id)
+            if validate(batch_id) and validator is not None:
+                _validate_replayed(catalog, validator, batch_df.sparkSession, batch_id, load_id)
             return
-        load_id = f"{query[0]}:{batch_id}"
         clock = StepClock()
         # One Spark pass: parse, every rule, the columns both outputs need; collected once.
         # A batch is often one Delta version read by one task: spread it over the cores first.
@@ -143,7 +153,7 @@ def silver_batch_handler(
         clock.lap("delta_writes")
         stats.batches_written += 1
         stats.accounts.append(account)
-        if validator is not None and split.silver.num_rows and batch_id % validate_every == 0:
+        if validator is not None and split.silver.num_rows and validate(batch_id):
             written = batch_df.sparkSession.createDataFrame(
                 conform(split.silver, SILVER_EVENTS.arrow_schema)
             )
@@ -235,21 +245,41 @@ def run_silver(
 def silver_suite_validator(settings: Settings, catalog: Catalog) -> BatchValidator:
     """The Great Expectations suite for silver.events, recording each result (idempotently) in
     ``quality.suite_results`` and its Data Docs under ``<storage root>/quality/gx``."""
-    from pipelines.contracts import ContractRegistry
-    from pipelines.quality.recording import SuiteRecorder
-    from pipelines.quality.suites import silver_events_expectations
+    return _SilverSuite(settings, catalog)
 
-    recorder = SuiteRecorder(settings, catalog)
-    max_rows = SILVER_BATCH_ROW_BOUND
-    event_types = ContractRegistry().event_types
 
-    def validate(written: DataFrame, batch_id: int, load_id: str) -> None:
-        expectations = silver_events_expectations(event_types, max_rows)
-        recorder.validate(
+class _SilverSuite:
+    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+        from pipelines.contracts import ContractRegistry
+        from pipelines.quality.recording import SuiteRecorder
+
+        self.recorder = SuiteRecorder(settings, catalog)
+        self.event_types = ContractRegistry().event_types
+
+    def __call__(self, written: DataFrame, batch_id: int, load_id: str) -> None:
+        from pipelines.quality.suites import silver_events_expectations
+
+        expectations = silver_events_expectations(self.event_types, SILVER_BATCH_ROW_BOUND)
+        self.recorder.validate(
             SILVER_EVENTS.name, expectations, written, batch_id=batch_id, load_id=load_id
         )
 
-    return validate
+    def recorded(self, batch_id: int, load_id: str) -> bool:
+        return self.recorder.recorded(SILVER_EVENTS.name, batch_id=batch_id, load_id=load_id)
+
+
+def _validate_replayed(
+    catalog: Catalog, validator: BatchValidator, spark: SparkSession, batch_id: int, load_id: str
+) -> None:
+    """A replayed batch whose writes landed but whose suite result did not (the process died
+    while the suite ran): validate the rows it wrote, so no batch goes without a result."""
+    if validator.recorded(batch_id, load_id):
+        return
+    written = catalog.read(spark, SILVER_EVENTS.name).filter(F.col("load_id") == load_id)
+    if written.isEmpty():
+        return
+    log.warning("silver: batch %s has no suite result; validating the rows it wrote", batch_id)
+    validator(written, batch_id, load_id)
 
 
 def _stop_on_fail_rules(failing: pa.Table, rule_set: RuleSet, batch_id: int) -> None:

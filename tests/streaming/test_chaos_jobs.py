@@ -50,13 +50,6 @@ QUICK_CRASHES, QUICK_EVENTS = 4, 3_000
 
 @pytest.mark.streaming
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug found by this test (make test, 2026-11-28): after kill -9s, lost 0 and "
-    "duplicated 0, but accounting_report(...).ok is False (input 3,000 = written 2,940 + "
-    "quarantined 50 + duplicates); suspected: a silver batch committed before its suite result "
-    "was recorded, and the replay skips it without re-validating (issue 14's gate rule)",
-)
 def test_quick_job_crashes_lose_nothing_and_write_nothing_twice(
     kafka_broker: SharedBroker, tmp_path: Path
 ) -> None:
@@ -88,11 +81,13 @@ def test_quick_job_crashes_lose_nothing_and_write_nothing_twice(
     assert 0 < valid < QUICK_EVENTS
     assert checks["silver"]["notes"]["rows"] == valid
     accounting = checks["silver"]["notes"]["accounting"]
-    # input = silver + quarantine + duplicates, per batch and against the tables. (A kill while
-    # silver's suite runs leaves that batch without a suite result: reported in
-    # details["problems"], not a loss.)
+    # input = silver + quarantine + duplicates, per batch and against the tables, and every
+    # batch has its suite result (a kill while the suite ran is re-validated on replay).
     assert accounting["broken_batches"] == accounting["mismatches"] == [], accounting
+    assert accounting["suite_problems"] == [], accounting
+    assert accounting["ok"], accounting
     assert accounting["totals"]["input_rows"] == QUICK_EVENTS
+    assert details["problems"] == [], story
     for table in ("sessions", "gold.user_features", "gold.item_features_history"):
         assert checks[table]["rows"] == checks[table]["reference_rows"] > 0, (table, story)
     assert sum(1 for line in lines if "kill #" in line) == result.injected
@@ -140,12 +135,6 @@ def test_gold_replayed_after_publishing_only_its_users_publishes_its_items_as_be
 
 
 @pytest.mark.streaming
-@pytest.mark.xfail(
-    strict=True,
-    reason="known issue found by the chaos run: silver killed while its suite runs (after its "
-    "three commits) skips the whole batch on replay, so that batch never gets a suite result "
-    "and `lakehouse quality check` stays red",
-)
 def test_silver_replayed_after_its_writes_still_records_its_suite_result(
     spark: SparkSession, tmp_path: Path
 ) -> None:
@@ -160,7 +149,8 @@ def test_silver_replayed_after_its_writes_still_records_its_suite_result(
     # checkpoint's commit did not.
     forget_last_commit(spark, catalog, QUALITY_SUITE_RESULTS.name)
     forget_commit(catalog.checkpoint(SILVER_EVENTS.name), 0)
-    run_silver(spark, settings, trigger=AVAILABLE_NOW, validator=validator)
+    restarted = silver_suite_validator(settings, catalog)  # a new process: nothing cached
+    run_silver(spark, settings, trigger=AVAILABLE_NOW, validator=restarted)
 
     assert accounting_report(catalog, require_suites=True).suite_problems == []
 
