@@ -7,25 +7,33 @@ STAMP  := $(VENV)/.installed
 # from Maven Central into .jars/ (see pipelines/jvm.py); offline afterwards.
 JARS   := .jars/.resolved
 
-.PHONY: demo test test-fast chaos lint format install check-java check-python clean
+.PHONY: demo test test-fast test-chaos chaos lint format install check-java check-python clean
 
 demo: check-java $(STAMP) $(JARS)
 	$(BIN)/lakehouse demo
 
 # Two pytest-xdist workers (each with its own SparkSession) share one Kafka broker; a worker
-# takes the next test when it is free, so the long end-to-end tests do not queue behind others.
+# takes the next test when it is free, long tests first, and a module whose tests share a lake
+# built once runs on one worker (tests/conftest.py). The job-crash chaos run (a dozen JVMs) is
+# left to `make chaos` / `make test-chaos`.
 TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test: check-java $(STAMP) $(JARS)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
+	$(PYTEST) -m "not chaos"
 
 test-fast: check-java $(STAMP) $(JARS)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow"
+	$(PYTEST) -m "not slow and not chaos"
+
+# make test plus the quick job-crash chaos run (tests marked chaos).
+test-chaos: check-java $(STAMP) $(JARS)
+	$(PYTEST)
 
 # The chaos suite, full size (docs/CHAOS.md): kill -9 the jobs, fail a broker of three over,
 # restart the collector and the broker under SDK load, feed the collector a hostile corpus.
 # Ends with a table and the lines `lost 0`, `duplicated 0`; exit 1 otherwise. `make test` runs
-# a quick version (tests/streaming/test_chaos.py).
+# a quick version of the edge parts (tests/streaming/test_chaos.py) and each job's crash points
+# (test_bronze_crash.py, test_chaos_jobs.py); `make test-chaos` adds a quick job-crash run.
 chaos: check-java $(STAMP) $(JARS)
 	$(BIN)/lakehouse chaos
 

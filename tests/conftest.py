@@ -126,9 +126,15 @@ def lake_settings(tmp_path: Path, kafka_broker: SharedBroker) -> Settings:
     )
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Long tests first, pure-Python tests last: with ``--dist worksteal`` the short tests then
-    fill the workers' gaps at the end instead of one worker finishing a long test alone."""
+    """Long tests first, pure-Python tests last, so the short tests fill the workers' gaps at the
+    end instead of one worker finishing a long test alone.
+
+    A module whose tests share a module-scoped fixture (a lake built once) stays in one piece and
+    is one ``xdist_group`` (``--dist loadgroup`` sends it to one worker): split or interleaved
+    with other modules, pytest would build the fixture again each time the module came back.
+    """
     weight = {"slow": 0, "streaming": 1}
 
     def rank(item: pytest.Item) -> int:
@@ -136,4 +142,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         uses_spark = "spark" in getattr(item, "fixturenames", ())
         return min(marked, 2) if uses_spark else marked
 
-    items.sort(key=rank)
+    def shares_a_module_fixture(item: pytest.Item) -> bool:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        return any(d.scope == "module" for chain in defs for d in chain)
+
+    ranks = {id(item): rank(item) for item in items}
+    grouped = {item.module.__name__ for item in items if shares_a_module_fixture(item)}  # type: ignore[attr-defined]
+    module_rank: dict[str, int] = {}
+    for item in items:
+        module = item.module.__name__  # type: ignore[attr-defined]
+        if module in grouped:
+            module_rank[module] = min(module_rank.get(module, 3), ranks[id(item)])
+            item.add_marker(pytest.mark.xdist_group(module))
+
+    def key(item: pytest.Item) -> tuple[int, str]:
+        module = item.module.__name__  # type: ignore[attr-defined]
+        if module in grouped:
+            return module_rank[module], module
+        return ranks[id(item)], ""
+
+    items.sort(key=key)

@@ -50,6 +50,7 @@ QUICK_CRASHES, QUICK_EVENTS = 4, 3_000
 
 @pytest.mark.streaming
 @pytest.mark.slow
+@pytest.mark.chaos
 def test_quick_job_crashes_lose_nothing_and_write_nothing_twice(
     kafka_broker: SharedBroker, tmp_path: Path
 ) -> None:

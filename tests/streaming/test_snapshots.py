@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote
@@ -44,28 +44,11 @@ from tests.conftest import make_settings
 pytestmark = pytest.mark.streaming
 
 BRONZE = BRONZE_EVENTS_RAW.name
-LISTING_CONF = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
 
 
 @pytest.fixture
 def catalog(tmp_path: Path) -> Catalog:
     return Catalog(make_settings(tmp_path / "lake").storage)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def small_vacuum_listing(spark: SparkSession) -> Iterator[None]:
-    """VACUUM lists a table with this many tasks (default 10000: a minute per VACUUM locally).
-
-    Belongs in the local session's conf (pipelines.spark.session_conf); until it is there, set
-    here for this module only.
-    """
-    previous = spark.conf.get(LISTING_CONF, None)
-    spark.conf.set(LISTING_CONF, "2")
-    yield
-    if previous is None:
-        spark.conf.unset(LISTING_CONF)
-    else:
-        spark.conf.set(LISTING_CONF, previous)
 
 
 def raw_events(batch: int, n: int = 3) -> pa.Table:
