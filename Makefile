@@ -14,10 +14,10 @@ demo: check-java $(STAMP) $(JARS)
 
 # Two pytest-xdist workers (each with its own SparkSession) share one Kafka broker; a worker
 # takes the next test when it is free, long tests first, and a module whose tests share a lake
-# built once runs on one worker (tests/conftest.py). The job-crash chaos run (a dozen JVMs) is
+# built once stays in one piece (tests/conftest.py). The job-crash chaos run (a dozen JVMs) is
 # left to `make chaos` / `make test-chaos`.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 test: check-java $(STAMP) $(JARS)
 	$(PYTEST) -m "not chaos"

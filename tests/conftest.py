@@ -126,14 +126,16 @@ def lake_settings(tmp_path: Path, kafka_broker: SharedBroker) -> Settings:
     )
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Long tests first, pure-Python tests last, so the short tests fill the workers' gaps at the
     end instead of one worker finishing a long test alone.
 
-    A module whose tests share a module-scoped fixture (a lake built once) stays in one piece and
-    is one ``xdist_group`` (``--dist loadgroup`` sends it to one worker): split or interleaved
-    with other modules, pytest would build the fixture again each time the module came back.
+    A module whose tests share a module-scoped fixture (a lake built once) stays in one piece,
+    ranked by its longest test: interleaved with other modules, pytest would tear the fixture
+    down and build it again each time the module came back (the training lake was built three
+    times a run). ``--dist worksteal`` steals from the end of a worker's queue, so such a module
+    near the front stays on one worker. (``--dist loadgroup`` would pin it, but xdist 3.8 marks
+    groups through ``Item._nodeid``, which pytest 9 no longer reads.)
     """
     weight = {"slow": 0, "streaming": 1}
 
@@ -147,19 +149,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         defs = info.name2fixturedefs.values() if info is not None else ()
         return any(d.scope == "module" for chain in defs for d in chain)
 
-    ranks = {id(item): rank(item) for item in items}
-    grouped = {item.module.__name__ for item in items if shares_a_module_fixture(item)}  # type: ignore[attr-defined]
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::", 1)[0]
+
+    ranks = {item.nodeid: rank(item) for item in items}
+    kept_whole = {module(item) for item in items if shares_a_module_fixture(item)}
     module_rank: dict[str, int] = {}
     for item in items:
-        module = item.module.__name__  # type: ignore[attr-defined]
-        if module in grouped:
-            module_rank[module] = min(module_rank.get(module, 3), ranks[id(item)])
-            item.add_marker(pytest.mark.xdist_group(module))
+        if module(item) in kept_whole:
+            module_rank[module(item)] = min(module_rank.get(module(item), 3), ranks[item.nodeid])
 
     def key(item: pytest.Item) -> tuple[int, str]:
-        module = item.module.__name__  # type: ignore[attr-defined]
-        if module in grouped:
-            return module_rank[module], module
-        return ranks[id(item)], ""
+        if module(item) in kept_whole:
+            return module_rank[module(item)], module(item)
+        return ranks[item.nodeid], ""
 
     items.sort(key=key)

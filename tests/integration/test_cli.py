@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,22 +252,29 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
 
 @pytest.fixture
 def served_broker(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """``lakehouse kafka serve`` until it says where it listens. Its output goes to files, never
+    to a pipe nobody reads: a full pipe would block the process on its next write (so it could
+    not stop)."""
     data = tmp_path / "lake"
-    proc = subprocess.Popen(
-        [LAKEHOUSE, "kafka", "serve"],
-        env=cli_env(data),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
+    out_file, err_file = tmp_path / "serve.out", tmp_path / "serve.err"
+    with out_file.open("w") as stdout, err_file.open("w") as stderr:
+        proc = subprocess.Popen(
+            [LAKEHOUSE, "kafka", "serve"],
+            env=cli_env(data),
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            cwd=tmp_path,
+        )
     try:
-        assert proc.stdout is not None
-        seen = ""
-        while "listening on 127.0.0.1:" not in seen and proc.poll() is None:
-            seen += proc.stdout.readline()  # "starting …" first (it may wrap), then the address
+        deadline = time.monotonic() + 120
+        while "listening on 127.0.0.1:" not in out_file.read_text() and proc.poll() is None:
+            assert time.monotonic() < deadline, out_file.read_text() + err_file.read_text()
+            time.sleep(0.1)
+        seen = out_file.read_text()
         if "listening on 127.0.0.1:" not in seen:
-            pytest.fail(seen + proc.stderr.read())  # it exited: stderr is complete
+            proc.wait(10)
+            pytest.fail(seen + err_file.read_text())  # it exited: stderr is complete
         assert "starting 1 embedded Kafka broker(s)" in seen
         assert "embedded Kafka broker listening on 127.0.0.1:" in seen
         yield data, proc
@@ -296,7 +304,12 @@ def test_serve_generate_bronze_and_clean_shutdown(
     assert again["table_version"] == first["table_version"]
 
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(60) == 0  # the broker's own grace is 20 s; the rest is a loaded machine
+    errors = data.parent / "serve.err"
+    try:
+        code = proc.wait(60)  # the broker's own grace is 20 s; the rest is a loaded machine
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"kafka serve did not stop on SIGINT: {errors.read_text()}")
+    assert code == 0, errors.read_text()
     assert not (data / "_embedded_kafka.json").exists()
 
     gone = run(data, "run", "bronze", "--available-now")
