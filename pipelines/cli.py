@@ -1741,6 +1741,7 @@ def bench_bronze_cmd(
         "micro_batches",
         "delta_write_ms_per_batch",
         "delta_commit_overhead_ms",
+        "delta_commit_without_txn_ms",
         "complete",
     )
     _print_bench(result, f"bronze benchmark, {events:,} events", keys, as_json)

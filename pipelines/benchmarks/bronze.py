@@ -85,8 +85,9 @@ def bench_bronze(
         breakdown = batch_breakdown(query)
 
     rows = Catalog(measured.storage).info(BRONZE_EVENTS_RAW.name).rows or 0
-    stage("measuring per-commit Delta overhead (1-row idempotent appends)")
+    stage("measuring per-commit Delta overhead (1-row appends, with and without txnAppId)")
     commit_ms = delta_commit_overhead_ms(spark, root / "commit-overhead")
+    plain_commit_ms = delta_commit_overhead_ms(spark, root / "commit-plain", idempotent=False)
     batches = stats.batches
     raw_eps = events / raw_s
     read_eps = read_rows / read_s
@@ -111,6 +112,7 @@ def bench_bronze(
         else None,
         "batch_duration_ms": breakdown,
         "delta_commit_overhead_ms": round(commit_ms, 1),
+        "delta_commit_without_txn_ms": round(plain_commit_ms, 1),
         "preload_seconds": round(preload_s, 2),
         "targets": {"bronze_events_per_s": 100_000, "ratio_bronze_to_spark_read": 0.6},
         "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
@@ -181,18 +183,22 @@ def drain_raw(
     return elapsed
 
 
-def delta_commit_overhead_ms(spark: SparkSession, location: Path, commits: int = 20) -> float:
-    """Mean milliseconds of a 1-row idempotent append: the fixed cost every micro-batch pays."""
+def delta_commit_overhead_ms(
+    spark: SparkSession, location: Path, commits: int = 20, *, idempotent: bool = True
+) -> float:
+    """Mean milliseconds of a 1-row append: the fixed cost every micro-batch pays.
+
+    ``idempotent``: with ``txnAppId``/``txnVersion``, as every lakehouse write is. Without, the
+    same append with no app transaction, so the difference is what Delta's ``txnVersion`` check
+    costs (it rebuilds the snapshot's state with a Spark job on every commit).
+    """
     row = spark.range(1).localCheckpoint()
 
     def commit(batch_id: int) -> None:
-        (
-            row.write.format("delta")
-            .mode("append")
-            .option("txnAppId", "bench")
-            .option("txnVersion", str(batch_id))
-            .save(str(location))
-        )
+        writer = row.write.format("delta").mode("append")
+        if idempotent:
+            writer = writer.option("txnAppId", "bench").option("txnVersion", str(batch_id))
+        writer.save(str(location))
 
     commit(0)
     started = time.perf_counter()
