@@ -6,7 +6,6 @@ one broken part must not hide what the others found.
 
 from __future__ import annotations
 
-import importlib
 import time
 import traceback
 from collections.abc import Callable
@@ -100,8 +99,6 @@ def run_chaos(
         except Exception as exc:
             log(traceback.format_exc())
             result = ChaosResult(PARTS[name], 0, 0, 0, 0, {}, error=f"{type(exc).__name__}: {exc}")
-        if result is None:
-            continue
         result.details.setdefault(SECONDS, time.monotonic() - started)
         results.append(result)
     return results
@@ -109,25 +106,17 @@ def run_chaos(
 
 def _run_part(
     name: str, workdir: Path, *, settings: Settings, sizes: Sizes, seed: int, log: Log
-) -> ChaosResult | None:
+) -> ChaosResult:
     if name == "jobs":
-        # Built alongside in another branch: a checkout without it skips the part, but an
-        # import error inside it is a failure of the part like any other.
-        try:
-            jobs = importlib.import_module("pipelines.chaos.jobs")
-        except ModuleNotFoundError as exc:
-            if exc.name != "pipelines.chaos.jobs":
-                raise
-            log("job crashes: skipped, pipelines.chaos.jobs is not in this checkout yet")
-            return None
-        result: ChaosResult = jobs.run_job_crashes(
+        from pipelines.chaos.jobs import run_job_crashes
+
+        return run_job_crashes(
             workdir / "job-crashes",
             crashes=sizes.job_crashes,
             events=sizes.job_events,
             seed=seed,
             log=log,
         )
-        return result
     if name == "failover":
         from pipelines.chaos.edge import run_broker_failover
 

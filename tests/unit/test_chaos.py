@@ -254,7 +254,7 @@ def test_chaos_command_refuses_an_unknown_part(monkeypatch: pytest.MonkeyPatch) 
     assert "unknown part(s) everything" in result.output
 
 
-def test_the_job_crash_part_is_called_with_the_sizes_and_skipped_when_absent(
+def test_the_job_crash_part_is_called_with_the_sizes(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     settings = make_settings(tmp_path)
@@ -272,10 +272,3 @@ def test_the_job_crash_part_is_called_with_the_sizes_and_skipped_when_absent(
     assert [r.part for r in results] == ["job crashes"] and "seconds" in results[0].details
     assert calls[0]["crashes"] == 20 and calls[0]["seed"] == 5
     assert calls[0]["workdir"] == tmp_path / "job-crashes"
-
-    monkeypatch.setitem(sys.modules, "pipelines.chaos.jobs", None)  # not in this checkout
-    lines: list[str] = []
-    skipped = run_chaos(
-        tmp_path, quick=True, seed=5, parts={"jobs"}, log=lines.append, settings=settings
-    )
-    assert skipped == [] and lines[-1].startswith("job crashes: skipped")
