@@ -534,7 +534,11 @@ class CollectorSettings(_Model):
     )
     rate_limit: RateLimitSettings = RateLimitSettings()
     produce_timeout_s: float = Field(
-        default=10.0, gt=0, description="Wait this long for Kafka's acknowledgement, then 503."
+        default=5.0,
+        gt=0,
+        description="Wait this long for Kafka's acknowledgement, then 503. Keep it well under "
+        "the SDKs' request timeout (10 s in ours, 10-15 s in Segment's): a client that gives up "
+        "first never reads the 503 and cannot tell a lost request from a slow one.",
     )
     linger_ms: int = Field(default=2, ge=0, description="Producer batching delay (latency).")
     broker_reresolve_s: float = Field(

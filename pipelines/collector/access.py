@@ -51,6 +51,25 @@ class WriteKeys:
         return found
 
 
+CREDENTIAL_HEADERS = ("Authorization", "X-Write-Key")
+
+
+def repeated_credential(headers: Mapping[str, str]) -> str | None:
+    """The credential header a request carries more than once, or None.
+
+    Two ``Authorization`` (or ``X-Write-Key``) headers are ambiguous: a proxy or a client bug
+    added one, and which one a server reads differs between servers. Such a request is refused
+    rather than authenticated with whichever header happens to come first.
+    """
+    getall = getattr(headers, "getall", None)
+    if getall is None:  # a plain mapping holds each name once
+        return None
+    for name in CREDENTIAL_HEADERS:
+        if len(getall(name, [])) > 1:
+            return name
+    return None
+
+
 def presented_key(headers: Mapping[str, str]) -> str | None:
     """The write key a request carries: ``Authorization: Bearer <key>``, Segment's
     ``Authorization: Basic base64(<key>:)``, or ``X-Write-Key: <key>``."""

@@ -31,7 +31,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from pipelines.collector.access import RateLimiter, WriteKeys, presented_key, truncate_ip
+from pipelines.collector.access import (
+    RateLimiter,
+    WriteKeys,
+    presented_key,
+    repeated_credential,
+    truncate_ip,
+)
 from pipelines.collector.metrics import CONTENT_TYPE, CollectorMetrics
 from pipelines.collector.publisher import AsyncPublisher, Outgoing, PublishError
 from pipelines.collector.segment import Mapped, SegmentMapper
@@ -146,6 +152,12 @@ class Collector:
         # Authentication comes before the body. A key in the headers decides at once; without
         # one, the body may still carry Segment's ``writeKey`` (browser SDKs), but only a body
         # the collector would read anyway (present, within max_body_bytes).
+        repeated = repeated_credential(request.headers)
+        if repeated is not None:
+            return _unauthorized(
+                f"the request carries more than one {repeated} header; send exactly one",
+                status=400,
+            )
         header_key = presented_key(request.headers)
         key_name = self.keys.match(header_key)
         limit = self.config.max_body_bytes
@@ -531,9 +543,14 @@ def _user_key(element: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _unauthorized(message: str) -> web.Response:
-    """401, and the connection closes: whatever else the client sends is not read."""
-    response = _error(401, message)
+REFUSED = "lakehouse.refused"  # a response key: close the connection once the answer is sent
+
+
+def _unauthorized(message: str, status: int = 401) -> web.Response:
+    """401 (or ``status``), and the connection closes: whatever else the client sends is not
+    read."""
+    response = _error(status, message)
+    response[REFUSED] = True
     response.force_close()
     return response
 

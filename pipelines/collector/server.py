@@ -18,7 +18,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
 
-from pipelines.collector.app import Collector
+from pipelines.collector.app import REFUSED, Collector
 from pipelines.collector.publisher import AsyncPublisher, BrokerSource
 from pipelines.config import Settings
 from pipelines.contracts.registry import ContractRegistry
@@ -213,7 +213,8 @@ class _CollectorHandler(RequestHandler):
     answered and logged *without* the offending bytes: they may be an ``Authorization`` header
     holding a write key, which aiohttp would otherwise print in its log and echo in the 400 body.
 
-    A 401 closes the connection as soon as it is sent. aiohttp would keep reading ("lingering")
+    A refusal before authentication (401, or 400 for a repeated credential header) closes the
+    connection as soon as it is sent. aiohttp would keep reading ("lingering")
     up to 10 s of a body the handler left unread, and keep the connection for another request;
     an unauthenticated client gets its answer and nothing more. Other answers given before the
     body (413, 415, 408) keep aiohttp's bounded lingering, so an authenticated client that is
@@ -224,7 +225,7 @@ class _CollectorHandler(RequestHandler):
         self, request: BaseRequest, resp: StreamResponse, start_time: float | None
     ) -> tuple[StreamResponse, bool]:
         answered = await super().finish_response(request, resp, start_time)
-        if resp.status == 401:
+        if resp.status == 401 or resp.get(REFUSED):
             self.force_close()  # the answer is written; the transport sends it, then closes
         return answered
 

@@ -229,6 +229,26 @@ def test_a_non_utf8_authorization_header_is_refused_not_a_server_error(
     assert answer.split(b" ", 2)[1] == b"401", answer[:200]
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [b"Authorization: Bearer not-a-key", b"Authorization: Bearer test-write-key"],
+        [b"Authorization: Bearer test-write-key", b"Authorization: Bearer not-a-key"],
+        [b"X-Write-Key: test-write-key", b"X-Write-Key: test-write-key"],
+    ],
+    ids=["bad-then-good", "good-then-bad", "x-write-key-twice"],
+)
+def test_a_repeated_credential_header_is_refused_whichever_comes_first(
+    collector: BackgroundCollector, headers: list[bytes]
+) -> None:
+    body = orjson.dumps([{"event_id": "x"}])
+    answer = raw_request(collector.url, headers, body)
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split(b" ", 2)[1] == b"400", answer[:300]
+    assert b"more than one" in rest and b"test-write-key" not in answer
+    assert b"connection: close" in rest.lower()
+
+
 def test_a_body_that_is_not_json_is_refused_by_its_content_type(
     collector: BackgroundCollector, lake_settings: Settings
 ) -> None:
