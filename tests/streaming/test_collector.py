@@ -166,9 +166,15 @@ def test_503_when_kafka_cannot_acknowledge(tmp_path: Any) -> None:
         settings = make_settings(
             tmp_path,
             kafka={"bootstrap_servers": broker.bootstrap_servers},
-            collector={"produce_timeout_s": 1.5},
+            collector={"produce_timeout_s": 3.0},
         )
         with BackgroundCollector(settings, broker.bootstrap_servers) as running:
+            # Ready first: on a loaded machine the producer's first metadata round trip to a
+            # fresh broker can outlast the short produce timeout this test sets.
+            deadline = time.monotonic() + 60
+            while requests.get(f"{running.url}/readyz", timeout=10).status_code != 200:
+                assert time.monotonic() < deadline, "the collector never became ready"
+                time.sleep(0.2)
             healthy = requests.post(f"{running.url}/v1/events", json=[event()], headers=AUTH)
             assert healthy.status_code == 200
             assert requests.get(f"{running.url}/readyz", timeout=10).status_code == 200
