@@ -152,7 +152,7 @@ def silver_rows(routed: DataFrame) -> DataFrame:
 def batch_tallies(classified: DataFrame) -> DataFrame:
     """What the accounting needs of a classified batch, in one aggregation of a few rows.
 
-    Columns ``tally``, ``key``, ``rows``, ``first_version``, ``last_version`` (bronze versions of
+    Columns ``tally``, ``name``, ``rows``, ``first_version``, ``last_version`` (bronze versions of
     the tallied rows). Tallies: ``disposition`` (rows per ``ok``/``quarantine``/``drop``/
     ``fail``), ``event_date`` (valid rows per event date, ISO), and rows per rule name in
     ``quarantined_by_rule``, ``dropped_by_rule`` and ``warnings_by_rule`` (warnings of every
@@ -160,13 +160,13 @@ def batch_tallies(classified: DataFrame) -> DataFrame:
     """
     disposition = F.col("disposition")
 
-    def entries(tally: str, keys: Column) -> Column:
+    def entries(tally: str, names: Column) -> Column:
         return F.transform(
-            keys, lambda key: F.struct(F.lit(tally).alias("tally"), key.alias("key"))
+            names, lambda name: F.struct(F.lit(tally).alias("tally"), name.alias("name"))
         )
 
-    def when(wanted: str, keys: Column) -> Column:
-        return F.when(disposition == wanted, keys).otherwise(F.array().cast(_NAMES))
+    def when(wanted: str, names: Column) -> Column:
+        return F.when(disposition == wanted, names).otherwise(F.array().cast(_NAMES))
 
     every = F.concat(
         entries("disposition", F.array(disposition)),
@@ -177,7 +177,7 @@ def batch_tallies(classified: DataFrame) -> DataFrame:
     )
     return (
         classified.select(F.inline(every), "bronze_version")
-        .groupBy("tally", "key")
+        .groupBy("tally", "name")
         .agg(
             F.count(F.lit(1)).alias("rows"),
             F.min("bronze_version").alias("first_version"),

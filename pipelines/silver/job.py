@@ -145,7 +145,7 @@ def silver_batch_handler(
             if tallies.rows("disposition", "fail"):
                 _stop_on_fail_rules(classified, tallies, gate.rule_set, batch_id)
             earlier = earlier_event_ids(
-                catalog.read(spark, SILVER_EVENTS.name), tallies.keys("event_date"), load_id
+                catalog.read(spark, SILVER_EVENTS.name), tallies.names("event_date"), load_id
             )
             routed = routed_events(classified, earlier).persist(StorageLevel.MEMORY_AND_DISK)
             routes = {
@@ -305,9 +305,9 @@ def _validate_replayed(
 
 @dataclass(frozen=True)
 class _Tallies:
-    """The collected ``batch_tallies`` of a batch: ``(tally, key) -> rows`` and bronze versions."""
+    """The collected ``batch_tallies`` of a batch: ``(tally, name) -> rows`` and bronze versions."""
 
-    rows_by_key: dict[tuple[str, str], int]
+    rows_by_name: dict[tuple[str, str], int]
     first_version: int | None
     last_version: int | None
 
@@ -316,19 +316,19 @@ class _Tallies:
         collected = tallies.collect()
         versions = [r for r in collected if r["tally"] == "disposition"]
         return cls(
-            rows_by_key={(r["tally"], r["key"]): int(r["rows"]) for r in collected if r["key"]},
+            rows_by_name={(r["tally"], r["name"]): int(r["rows"]) for r in collected if r["name"]},
             first_version=min((r["first_version"] for r in versions), default=None),
             last_version=max((r["last_version"] for r in versions), default=None),
         )
 
-    def rows(self, tally: str, key: str) -> int:
-        return self.rows_by_key.get((tally, key), 0)
+    def rows(self, tally: str, name: str) -> int:
+        return self.rows_by_name.get((tally, name), 0)
 
-    def keys(self, tally: str) -> list[str]:
-        return sorted(k for t, k in self.rows_by_key if t == tally)
+    def names(self, tally: str) -> list[str]:
+        return sorted(k for t, k in self.rows_by_name if t == tally)
 
     def counts(self, tally: str) -> Counter[str]:
-        return Counter({k: n for (t, k), n in self.rows_by_key.items() if t == tally})
+        return Counter({k: n for (t, k), n in self.rows_by_name.items() if t == tally})
 
 
 def _stop_on_fail_rules(
