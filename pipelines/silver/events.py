@@ -1,17 +1,15 @@
-"""Silver transforms: bronze rows -> parsed events -> silver.events / silver.quarantine rows.
+"""Silver transforms: bronze rows -> parsed events -> classified rows -> silver.events /
+silver.quarantine rows, the dedup routes and the accounting tallies.
 
-Pure functions of DataFrames; the job (``pipelines/silver/job.py``) joins them to IO.
+Pure functions of DataFrames, evaluated by the executors; the job (``pipelines/silver/job.py``)
+joins them to IO and collects only ``batch_tallies`` and the route counts.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
-
-import pyarrow as pa
-import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, StringType
 
 from pipelines.contracts import ContractRegistry, unified_event_schema
 from pipelines.contracts.registry import MAX_EVENT_TIME_MS, RFC3339_DATE_TIME
@@ -54,7 +52,8 @@ def parsed_events(bronze: DataFrame) -> DataFrame:
 def classified_events(evaluated: DataFrame, load_id: str) -> DataFrame:
     """Gate-evaluated rows with every column silver *and* quarantine need, plus the verdict.
 
-    One projection, collected once per micro-batch; ``split_batch`` then routes each row.
+    One projection, persisted once per micro-batch: the quarantine, the dedup routes and the
+    tallies are all read from it.
     """
     columns = {
         "quality_warnings": F.col("warnings"),
@@ -77,83 +76,111 @@ def classified_events(evaluated: DataFrame, load_id: str) -> DataFrame:
 
 
 _VERDICT = ("disposition", "failed_rules", "warnings")
-_BRONZE_ORDER = ["bronze_version", "source_topic", "source_partition", "source_offset"]
+_BRONZE_ORDER = ("bronze_version", "source_topic", "source_partition", "source_offset")
+_NAMES = ArrayType(StringType())
+
+# The routes of a valid row (``routed_events``).
+SILVER = "silver"
+DUPLICATE_IN_BATCH = "duplicate_in_batch"
+DUPLICATE_EXISTING = "duplicate_existing"
 
 
-@dataclass
-class BatchSplit:
-    """Where every row of one classified micro-batch goes, and the counts for the accounting."""
-
-    silver: pa.Table
-    quarantine: pa.Table
-    input_rows: int
-    dropped_rows: int
-    failing: pa.Table  # rows a `fail` rule stopped (the batch must not be written)
-    duplicates_in_batch: int
-    duplicates_existing: int
-    quarantined_by_rule: Counter[str] = field(default_factory=Counter)
-    dropped_by_rule: Counter[str] = field(default_factory=Counter)
-    warnings_by_rule: Counter[str] = field(default_factory=Counter)
+def quarantined_events(classified: DataFrame) -> DataFrame:
+    """The ``silver.quarantine`` rows of a classified batch: every row a quarantine rule stopped."""
+    return classified.filter(F.col("disposition") == "quarantine").select(
+        *SILVER_QUARANTINE.schema.fieldNames()
+    )
 
 
-def split_batch(classified: pa.Table, existing_ids: pa.Array) -> BatchSplit:
-    """Route classified rows: quarantine, dropped, silver (deduplicated), duplicates.
+def failing_events(classified: DataFrame) -> DataFrame:
+    """The rows a ``fail`` rule stopped (the batch must not be written), with what the error
+    message shows of them."""
+    return classified.filter(F.col("disposition") == "fail").select(
+        "failed_rules",
+        "first_error",
+        "source_topic",
+        "source_partition",
+        "source_offset",
+        "raw_value",
+    )
 
-    Deduplication by ``event_id``: within the batch the earliest copy in bronze order
-    (version, topic, partition, offset) wins; a row whose id is in ``existing_ids`` (already in
-    silver) is a duplicate. Pure and deterministic, so a replayed batch splits identically.
+
+def earlier_event_ids(silver: DataFrame, event_dates: list[str], load_id: str) -> DataFrame:
+    """``event_id`` of the silver rows on ``event_dates`` written by batches other than
+    ``load_id``'s: the ids a batch's valid rows may repeat.
+
+    Excluding the batch's own rows makes a replay split exactly as the first run did, even when
+    its silver commit had already landed. The date filter is on silver's partition column, so
+    only those partitions are read.
     """
-    disposition = classified.column("disposition")
-    quarantine = classified.filter(pc.equal(disposition, "quarantine"))
-    dropped = classified.filter(pc.equal(disposition, "drop"))
-    # Deduplicate on the narrow key columns, then take the wide rows once.
-    keys = classified.select(["event_id", *_BRONZE_ORDER]).append_column(
-        "_row", pa.array(range(classified.num_rows), pa.int64())
+    return silver.filter(
+        F.col("event_date").isin(event_dates) & (F.col("load_id") != F.lit(load_id))
+    ).select("event_id")
+
+
+def routed_events(classified: DataFrame, earlier_ids: DataFrame) -> DataFrame:
+    """The valid rows of a classified batch, each with its ``route``: exact dedup by ``event_id``.
+
+    * ``silver``: the copy silver keeps — the earliest in bronze order (version, topic,
+      partition, offset) of its id in the batch, and an id no earlier batch wrote;
+    * ``duplicate_in_batch``: a later copy of an id of this batch;
+    * ``duplicate_existing``: the first copy of an id in ``earlier_ids``.
+
+    Deterministic, so a replayed batch routes every row as the first run did.
+    """
+    first_copy = F.row_number().over(Window.partitionBy("event_id").orderBy(*_BRONZE_ORDER)) == 1
+    known = earlier_ids.select("event_id").distinct().withColumn("_known", F.lit(True))
+    return (
+        classified.filter(F.col("disposition") == "ok")
+        .withColumn("_first", first_copy)
+        .join(known, "event_id", "left")
+        .withColumn(
+            "route",
+            F.when(~F.col("_first"), F.lit(DUPLICATE_IN_BATCH))
+            .when(F.col("_known"), F.lit(DUPLICATE_EXISTING))
+            .otherwise(F.lit(SILVER)),
+        )
+        .drop("_first", "_known")
     )
-    valid_keys = keys.filter(pc.equal(disposition, "ok"))
-    ordered = valid_keys.sort_by(
-        [("event_id", "ascending")] + [(c, "ascending") for c in _BRONZE_ORDER]
+
+
+def silver_rows(routed: DataFrame) -> DataFrame:
+    """The ``silver.events`` rows of a routed batch."""
+    return routed.filter(F.col("route") == SILVER).select(*SILVER_EVENTS.schema.fieldNames())
+
+
+def batch_tallies(classified: DataFrame) -> DataFrame:
+    """What the accounting needs of a classified batch, in one aggregation of a few rows.
+
+    Columns ``tally``, ``name``, ``rows``, ``first_version``, ``last_version`` (bronze versions of
+    the tallied rows). Tallies: ``disposition`` (rows per ``ok``/``quarantine``/``drop``/
+    ``fail``), ``event_date`` (valid rows per event date, ISO), and rows per rule name in
+    ``quarantined_by_rule``, ``dropped_by_rule`` and ``warnings_by_rule`` (warnings of every
+    row, whatever its disposition).
+    """
+    disposition = F.col("disposition")
+
+    def entries(tally: str, names: Column) -> Column:
+        return F.transform(
+            names, lambda name: F.struct(F.lit(tally).alias("tally"), name.alias("name"))
+        )
+
+    def when(wanted: str, names: Column) -> Column:
+        return F.when(disposition == wanted, names).otherwise(F.array().cast(_NAMES))
+
+    every = F.concat(
+        entries("disposition", F.array(disposition)),
+        entries("event_date", when("ok", F.array(F.col("event_date").cast("string")))),
+        entries("quarantined_by_rule", when("quarantine", F.col("failed_rules"))),
+        entries("dropped_by_rule", when("drop", F.col("failed_rules"))),
+        entries("warnings_by_rule", F.col("warnings")),
     )
-    first = ordered.filter(_first_of_runs(ordered.column("event_id").combine_chunks()))
-    fresh = first.filter(pc.invert(pc.is_in(first.column("event_id"), value_set=existing_ids)))
-    rows = pc.sort_indices(fresh.column("_row"))  # keep the batch's row order
-    silver = classified.select(SILVER_EVENTS.schema.fieldNames()).take(
-        pc.take(fresh.column("_row"), rows)
-    )
-    return BatchSplit(
-        silver=silver,
-        quarantine=quarantine.select(SILVER_QUARANTINE.schema.fieldNames()),
-        input_rows=classified.num_rows,
-        dropped_rows=dropped.num_rows,
-        failing=classified.filter(pc.equal(disposition, "fail")),
-        duplicates_in_batch=valid_keys.num_rows - first.num_rows,
-        duplicates_existing=first.num_rows - fresh.num_rows,
-        quarantined_by_rule=_count_rules(quarantine, "failed_rules"),
-        dropped_by_rule=_count_rules(dropped, "failed_rules"),
-        warnings_by_rule=_count_rules(classified, "warnings"),
-    )
-
-
-def event_dates(classified: pa.Table) -> list[str]:
-    """The event dates (ISO) of the batch's valid rows: where earlier copies could be in silver."""
-    valid = classified.filter(pc.equal(classified.column("disposition"), "ok"))
-    dates = pc.unique(valid.column("event_date").combine_chunks()).drop_null()
-    return sorted(d.isoformat() for d in dates.to_pylist())
-
-
-def _first_of_runs(ids: pa.Array) -> pa.Array:
-    """True where a sorted id differs from the previous one (the first row of each id)."""
-    if len(ids) == 0:
-        return pa.array([], pa.bool_())
-    previous = pa.concat_arrays([pa.array([None], ids.type), ids.slice(0, len(ids) - 1)])
-    return pc.fill_null(pc.not_equal(ids, previous), True)
-
-
-def _count_rules(table: pa.Table, column: str) -> Counter[str]:
-    flat = pc.list_flatten(table.column(column))
-    if len(flat) == 0:
-        return Counter()
-    counts = pc.value_counts(flat)
-    return Counter(
-        {v["values"]: v["counts"] for v in counts.to_pylist() if v["values"] is not None}
+    return (
+        classified.select(F.inline(every), "bronze_version")
+        .groupBy("tally", "name")
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.min("bronze_version").alias("first_version"),
+            F.max("bronze_version").alias("last_version"),
+        )
     )

@@ -1,30 +1,35 @@
 """The silver events job: bronze.events_raw -> gate -> silver.events + silver.quarantine.
 
-Per micro-batch (bronze change-feed versions):
+Per micro-batch (bronze change-feed versions), all in Spark — no batch row reaches the driver,
+only a few aggregated counts (and, when a ``fail`` rule broke, one sample row for the error):
 
 1. one Spark pass parses every row with the contract's Spark schema, evaluates every rule once
-   (``Gate.evaluate``) and projects the columns both outputs need; it is collected once as Arrow
-   (the driver holds the batch anyway, for the delta-rs commit);
-2. ``split_batch`` routes the rows: quarantine, dropped, and valid rows deduplicated by
-   ``event_id`` — the earliest copy in bronze order wins within the batch, and ids already in
-   silver on the same event dates (written by earlier batches) are duplicates; a ``fail`` rule
-   stops the query here, naming the rule and a sample row, before anything is written;
-3. write quarantine, silver and the batch's accounting row, each as one idempotent Delta commit
-   keyed by (query id, batch id): a replayed batch recomputes the same split — the lookup of
-   existing ids excludes rows written by this very batch (``load_id``) — and skips every commit
-   that already landed;
-4. every N batches, validate the written rows with the Great Expectations suite.
+   (``Gate.evaluate``) and projects the columns both outputs need; it is persisted, so the batch
+   is parsed and gated once;
+2. one aggregation (``batch_tallies``) counts rows per disposition, per event date and per rule;
+   a ``fail`` rule stops the query here, naming the rule and a sample row, before anything is
+   written;
+3. ``routed_events`` deduplicates the valid rows by ``event_id``: the earliest copy in bronze
+   order wins within the batch, and ids already in silver on the batch's event dates, written by
+   earlier batches (another ``load_id``), are duplicates — so a replay routes every row as the
+   first run did; the routed rows are persisted and counted per route;
+4. the executors write quarantine and silver, then the batch's accounting row is appended; each
+   is one idempotent Delta commit keyed by (query id, batch id), so a replayed batch skips every
+   commit that already landed, and a batch whose accounting row (its last commit) landed is
+   skipped as a whole;
+5. every N batches, the Great Expectations suite validates the written rows (the DataFrame).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import pyarrow as pa
-import pyarrow.compute as pc
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
@@ -42,13 +47,19 @@ from pipelines.quality.accounting import BatchAccount
 from pipelines.quality.expectations import RuleSet, load_rule_set
 from pipelines.quality.gate import Gate
 from pipelines.silver.events import (
-    BatchSplit,
+    DUPLICATE_EXISTING,
+    DUPLICATE_IN_BATCH,
+    SILVER,
+    batch_tallies,
     classified_events,
-    event_dates,
+    earlier_event_ids,
+    failing_events,
     parsed_events,
-    split_batch,
+    quarantined_events,
+    routed_events,
+    silver_rows,
 )
-from pipelines.streaming.delta import BatchHandler, conform, query_id_from_checkpoint
+from pipelines.streaming.delta import BatchHandler, query_id_from_checkpoint
 from pipelines.streaming.queries import StepClock, await_query, start_table_stream
 from pipelines.streaming.sinks import ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
@@ -99,10 +110,8 @@ def silver_batch_handler(
     validate_every: int = 1,
 ) -> BatchHandler:
     """The ``foreachBatch`` handler of the silver query (see the module docstring)."""
-    appenders = {
-        spec.name: table_writer(catalog, spec)
-        for spec in (SILVER_QUARANTINE, SILVER_EVENTS, QUALITY_BATCH_RESULTS)
-    }
+    writers = {spec.name: table_writer(catalog, spec) for spec in _WRITES}
+    results = writers[QUALITY_BATCH_RESULTS.name]
     query: list[str] = []
 
     def app_id(spec: TableSpec) -> str:
@@ -112,54 +121,66 @@ def silver_batch_handler(
         return validator is not None and batch_id % validate_every == 0
 
     def handle(batch_df: DataFrame, batch_id: int) -> None:
+        spark = batch_df.sparkSession
         if not query:
-            query.append(query_id_from_checkpoint(checkpoint, batch_df.sparkSession))
+            query.append(query_id_from_checkpoint(checkpoint, spark))
         load_id = f"{query[0]}:{batch_id}"
-        if all(appenders[s.name].committed(app_id(s), batch_id) for s in _WRITES):
+        # The accounting row is the batch's last commit: once it landed, so did the others.
+        if results.committed(app_id(QUALITY_BATCH_RESULTS), batch_id):
             stats.batches_skipped += 1
             log.warning("silver: batch %s already committed; skipping replay", batch_id)
             if validate(batch_id) and validator is not None:
-                _validate_replayed(catalog, validator, batch_df.sparkSession, batch_id, load_id)
+                _validate_replayed(catalog, validator, spark, batch_id, load_id)
             return
         clock = StepClock()
-        # One Spark pass: parse, every rule, the columns both outputs need; collected once.
         # A batch is often one Delta version read by one task: spread it over the cores first.
-        spread = batch_df.repartition(batch_df.sparkSession.sparkContext.defaultParallelism)
-        classified = pa.table(
-            classified_events(gate.evaluate(parsed_events(spread)), load_id).toArrow()
-        )
-        clock.lap("spark_classify")
-        existing = _existing_ids(catalog, event_dates(classified), load_id)
-        clock.lap("existing_ids")
-        split = split_batch(classified, existing)
-        clock.lap("split")
-        _stop_on_fail_rules(split.failing, gate.rule_set, batch_id)
-        account = _account(split, classified, query_id=query[0], batch_id=batch_id, load_id=load_id)
-        results = pa.Table.from_pylist(
-            [account.to_row()], schema=QUALITY_BATCH_RESULTS.arrow_schema
-        )
-        for spec, data in (
-            (SILVER_QUARANTINE, split.quarantine),
-            (SILVER_EVENTS, split.silver),
-            (QUALITY_BATCH_RESULTS, results),
-        ):
-            appenders[spec.name].append(
-                data,
-                app_id(spec),
+        spread = batch_df.repartition(spark.sparkContext.defaultParallelism)
+        classified = classified_events(gate.evaluate(parsed_events(spread)), load_id)
+        routed: DataFrame | None = None
+        try:
+            # Parsed and gated once: every step below reads the persisted rows.
+            classified.persist(StorageLevel.MEMORY_AND_DISK)
+            tallies = _Tallies.of(batch_tallies(classified))
+            clock.lap("spark_classify")
+            if tallies.rows("disposition", "fail"):
+                _stop_on_fail_rules(classified, tallies, gate.rule_set, batch_id)
+            earlier = earlier_event_ids(
+                catalog.read(spark, SILVER_EVENTS.name), tallies.names("event_date"), load_id
+            )
+            routed = routed_events(classified, earlier).persist(StorageLevel.MEMORY_AND_DISK)
+            routes = {
+                r["route"]: int(r["count"]) for r in routed.groupBy("route").count().collect()
+            }
+            clock.lap("dedup")
+            account = _account(
+                tallies, routes, query_id=query[0], batch_id=batch_id, load_id=load_id
+            )
+            silver = silver_rows(routed)
+            metadata = {"lakehouse.load_id": load_id}
+            for spec, frame, rows in (
+                (SILVER_QUARANTINE, quarantined_events(classified), account.quarantined_rows),
+                (SILVER_EVENTS, silver, account.written_rows),
+            ):
+                if rows:  # an empty output makes no commit
+                    writers[spec.name].append_frame(frame, app_id(spec), batch_id, metadata)
+            results.append(
+                pa.Table.from_pylist([account.to_row()], schema=QUALITY_BATCH_RESULTS.arrow_schema),
+                app_id(QUALITY_BATCH_RESULTS),
                 batch_id,
-                {"lakehouse.load_id": load_id},
-                spark=batch_df.sparkSession,
+                metadata,
+                spark=spark,
             )
-        clock.lap("delta_writes")
-        stats.batches_written += 1
-        stats.accounts.append(account)
-        if validator is not None and split.silver.num_rows and validate(batch_id):
-            written = batch_df.sparkSession.createDataFrame(
-                conform(split.silver, SILVER_EVENTS.arrow_schema)
-            )
-            validator(written, batch_id, load_id)
-            clock.lap("great_expectations")
-        stats.timings.append(clock.laps)
+            clock.lap("delta_writes")
+            stats.batches_written += 1
+            stats.accounts.append(account)
+            if validator is not None and account.written_rows and validate(batch_id):
+                validator(silver, batch_id, load_id)
+                clock.lap("great_expectations")
+            stats.timings.append(clock.laps)
+        finally:
+            classified.unpersist()
+            if routed is not None:
+                routed.unpersist()
 
     return handle
 
@@ -282,54 +303,69 @@ def _validate_replayed(
     validator(written, batch_id, load_id)
 
 
-def _stop_on_fail_rules(failing: pa.Table, rule_set: RuleSet, batch_id: int) -> None:
-    if failing.num_rows == 0:
-        return
-    row = failing.slice(0, 1).to_pylist()[0]
+@dataclass(frozen=True)
+class _Tallies:
+    """The collected ``batch_tallies`` of a batch: ``(tally, name) -> rows`` and bronze versions."""
+
+    rows_by_name: dict[tuple[str, str], int]
+    first_version: int | None
+    last_version: int | None
+
+    @classmethod
+    def of(cls, tallies: DataFrame) -> _Tallies:
+        collected = tallies.collect()
+        versions = [r for r in collected if r["tally"] == "disposition"]
+        return cls(
+            rows_by_name={(r["tally"], r["name"]): int(r["rows"]) for r in collected if r["name"]},
+            first_version=min((r["first_version"] for r in versions), default=None),
+            last_version=max((r["last_version"] for r in versions), default=None),
+        )
+
+    def rows(self, tally: str, name: str) -> int:
+        return self.rows_by_name.get((tally, name), 0)
+
+    def names(self, tally: str) -> list[str]:
+        return sorted(k for t, k in self.rows_by_name if t == tally)
+
+    def counts(self, tally: str) -> Counter[str]:
+        return Counter({k: n for (t, k), n in self.rows_by_name.items() if t == tally})
+
+
+def _stop_on_fail_rules(
+    classified: DataFrame, tallies: _Tallies, rule_set: RuleSet, batch_id: int
+) -> None:
+    """Raise ``QualityRuleFailedError`` naming the broken ``fail`` rules and one sample row."""
+    row = failing_events(classified).first()
+    assert row is not None  # the tallies counted at least one
     business = {r.name: r.action for r in rule_set.rules}
     broken = [r for r in row["failed_rules"] if business.get(r, rule_set.contract_action) == "fail"]
     raise QualityRuleFailedError(
-        f"rule {', '.join(broken)} (action fail) broke on {failing.num_rows} row(s) of silver "
-        f"batch {batch_id}; nothing of the batch was written. Sample: {row['source_topic']}"
-        f"[{row['source_partition']}] offset {row['source_offset']}: {row['first_error']}; "
-        f"value={str(row['raw_value'])[:300]!r}. Fix the data or change the rule's action in "
-        f"{rule_set.source}, then restart the query."
+        f"rule {', '.join(broken)} (action fail) broke on {tallies.rows('disposition', 'fail')} "
+        f"row(s) of silver batch {batch_id}; nothing of the batch was written. Sample: "
+        f"{row['source_topic']}[{row['source_partition']}] offset {row['source_offset']}: "
+        f"{row['first_error']}; value={str(row['raw_value'])[:300]!r}. Fix the data or change "
+        f"the rule's action in {rule_set.source}, then restart the query."
     )
-
-
-def _existing_ids(catalog: Catalog, dates: list[str], load_id: str) -> pa.Array:
-    """``event_id`` of rows already in silver on these event dates, written by earlier batches."""
-    if not dates:
-        return pa.array([], pa.string())
-    found = catalog.read_arrow(
-        SILVER_EVENTS.name,
-        columns=["event_id", "load_id"],
-        partitions=[("event_date", "in", dates)],
-    )
-    earlier = found.filter(pc.not_equal(found.column("load_id"), load_id))
-    return pc.unique(earlier.column("event_id").combine_chunks())
 
 
 def _account(
-    split: BatchSplit, classified: pa.Table, *, query_id: str, batch_id: int, load_id: str
+    tallies: _Tallies, routes: dict[str, int], *, query_id: str, batch_id: int, load_id: str
 ) -> BatchAccount:
-    versions = classified.column("bronze_version")
-    bounds = pc.min_max(versions).as_py() if len(versions) else {"min": None, "max": None}
     return BatchAccount(
         table=SILVER_EVENTS.name,
         load_id=load_id,
         query_id=query_id,
         batch_id=batch_id,
         source_table=BRONZE_EVENTS_RAW.name,
-        source_start_version=bounds["min"],
-        source_end_version=bounds["max"],
-        input_rows=split.input_rows,
-        written_rows=split.silver.num_rows,
-        quarantined_rows=split.quarantine.num_rows,
-        dropped_rows=split.dropped_rows,
-        duplicates_in_batch=split.duplicates_in_batch,
-        duplicates_existing=split.duplicates_existing,
-        quarantined_by_rule=split.quarantined_by_rule,
-        dropped_by_rule=split.dropped_by_rule,
-        warnings_by_rule=split.warnings_by_rule,
+        source_start_version=tallies.first_version,
+        source_end_version=tallies.last_version,
+        input_rows=sum(tallies.counts("disposition").values()),
+        written_rows=routes.get(SILVER, 0),
+        quarantined_rows=tallies.rows("disposition", "quarantine"),
+        dropped_rows=tallies.rows("disposition", "drop"),
+        duplicates_in_batch=routes.get(DUPLICATE_IN_BATCH, 0),
+        duplicates_existing=routes.get(DUPLICATE_EXISTING, 0),
+        quarantined_by_rule=tallies.counts("quarantined_by_rule"),
+        dropped_by_rule=tallies.counts("dropped_by_rule"),
+        warnings_by_rule=tallies.counts("warnings_by_rule"),
     )

@@ -5,8 +5,10 @@ already landed is skipped. Jobs use only this module:
 
 * ``ensure_table(spark, catalog, spec)`` creates a table (schema, partitioning, change data feed)
   and registers it in the Spark catalog under its logical name;
-* ``table_writer(catalog, spec)`` returns the ``DeltaWriter`` of a table (Arrow batches or
-  DataFrames);
+* ``table_writer(catalog, spec)`` returns the ``DeltaWriter`` of a table: ``append_frame``
+  writes a DataFrame from the executors (a job's batch data never goes through the driver);
+  ``append`` takes an Arrow table, for the few rows a job builds on the driver itself (an
+  accounting row, a suite result);
 * ``append_handler(catalog, spec, checkpoint, stats)`` is a ``foreachBatch`` handler appending
   each micro-batch as it is (bronze).
 """

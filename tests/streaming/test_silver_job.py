@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines.config import Settings, SilverSettings, TriggerSettings
@@ -377,6 +377,68 @@ def test_a_half_written_batch_is_completed_without_duplicates_on_replay(
     assert catalog.info(SILVER_EVENTS.name).rows == 20
     assert catalog.info(SILVER_QUARANTINE.name).rows == 1
     assert reconcile(rows(spark, catalog, QUALITY_BATCH_RESULTS.name), {"written": 20}).ok
+
+
+# What silver's batch path may bring to the driver: aggregates, never rows of the batch.
+_BATCH_COLUMNS = {
+    *BRONZE_EVENTS_RAW.schema.fieldNames(),
+    *SILVER_EVENTS.schema.fieldNames(),
+    *SILVER_QUARANTINE.schema.fieldNames(),
+}
+_ROWS_TO_DRIVER = ("toArrow", "toPandas", "toLocalIterator", "tail", "_collect_as_arrow")
+
+
+def test_the_batch_path_brings_no_batch_rows_to_the_driver(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path / "lake")  # the Great Expectations suite on every batch
+    catalog = Catalog(settings.storage)
+    generator = ClickstreamGenerator(users=100, items=50, seed=7, bad_fraction=0.2, end=NOW)
+    values = [e.value.decode("utf-8", "replace") for e in generator.events(600)]
+    land_in_bronze(catalog, values[:300])
+    land_in_bronze(catalog, values[250:])  # 50 ids again: duplicates of the first batch
+    frame_class = type(spark.range(1))
+    collected: list[tuple[int, list[str]]] = []
+    to_driver: list[str] = []
+    collect = frame_class.collect
+
+    def counted_collect(self: DataFrame) -> list[Row]:
+        found = collect(self)
+        collected.append((len(found), list(self.columns)))
+        return found
+
+    def refused(name: str) -> Any:
+        def call(self: DataFrame, *args: Any, **kwargs: Any) -> Any:
+            to_driver.append(name)
+            raise AssertionError(f"silver called DataFrame.{name}: batch rows to the driver")
+
+        return call
+
+    monkeypatch.setattr(frame_class, "collect", counted_collect)
+    for name in _ROWS_TO_DRIVER:
+        monkeypatch.setattr(frame_class, name, refused(name))
+    capped = settings.model_copy(update={"silver": SilverSettings(max_files_per_trigger=1)})
+    validator = silver_suite_validator(capped, catalog)
+    run = run_silver(
+        spark, capped, trigger=TriggerSettings(mode="available-now"), validator=validator
+    )
+    monkeypatch.undo()
+
+    assert to_driver == []
+    assert len(run.stats.accounts) == 2
+    assert sum(a.written_rows for a in run.stats.accounts) == generator.report.good
+    assert run.stats.accounts[1].duplicates_existing > 0
+    # The tallies and route counts (a few rows: rules, dates, routes) and the suite's metrics;
+    # the suite's samples of unexpected values read one column, and there are none here.
+    shapes = [columns for _, columns in collected]
+    assert shapes.count(["tally", "name", "rows", "first_version", "last_version"]) == 2, shapes
+    assert shapes.count(["route", "count"]) == 2, shapes
+    assert max(n for n, _ in collected) < 40, [x for x in collected if x[0] >= 40]
+    samples = [(n, c) for n, c in collected if set(c) & _BATCH_COLUMNS]
+    assert all(n == 0 and len(c) == 1 for n, c in samples), [
+        (n, c) for n, c in samples if n or len(c) != 1
+    ]
+    assert accounting_report(catalog, require_suites=True).ok
 
 
 def test_a_fail_rule_stops_the_query_naming_the_rule_and_a_sample(
