@@ -543,7 +543,8 @@ def _user_key(element: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-REFUSED = "lakehouse.refused"  # a response key: close the connection once the answer is sent
+# A response key: close the connection once the answer is sent.
+REFUSED = web.ResponseKey("lakehouse.refused", bool)
 
 
 def _unauthorized(message: str, status: int = 401) -> web.Response:

@@ -541,8 +541,8 @@ def test_full_spool_counts_every_dropped_event(
     assert (stats.tracked, stats.spooled, stats.dropped) == (50, 20, 30)
     assert len(spooled_events(tracker.spool_dir)) == 20
     assert sum(p.stat().st_size for p in tracker.spool_dir.glob("*.batch")) <= bound
-    assert stats.last_error is not None
-    assert f"max_spool_bytes={bound}); dropped 10 events" in stats.last_error
+    # The drops are logged; last_error may since hold a later retry's error (a loaded machine).
+    assert f"max_spool_bytes={bound}); dropped 10 events" in caplog.text
     assert sum("raise max_spool_bytes" in r.getMessage() for r in caplog.records) == 3
 
 
