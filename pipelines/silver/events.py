@@ -1,8 +1,8 @@
 """Silver transforms: bronze rows -> parsed events -> classified rows -> silver.events /
-silver.quarantine rows, the dedup routes and the accounting tallies.
+silver.quarantine rows, the duplicates and the accounting tallies.
 
 Pure functions of DataFrames, evaluated by the executors; the job (``pipelines/silver/job.py``)
-joins them to IO and collects only ``batch_tallies`` and the route counts.
+joins them to IO and collects only ``batch_tallies`` and the duplicates per kind.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def parsed_events(bronze: DataFrame) -> DataFrame:
 def classified_events(evaluated: DataFrame, load_id: str) -> DataFrame:
     """Gate-evaluated rows with every column silver *and* quarantine need, plus the verdict.
 
-    One projection, persisted once per micro-batch: the quarantine, the dedup routes and the
+    One projection, persisted once per micro-batch: the quarantine, the duplicates, silver and the
     tallies are all read from it.
     """
     columns = {
@@ -79,8 +79,7 @@ _VERDICT = ("disposition", "failed_rules", "warnings")
 _BRONZE_ORDER = ("bronze_version", "source_topic", "source_partition", "source_offset")
 _NAMES = ArrayType(StringType())
 
-# The routes of a valid row (``routed_events``).
-SILVER = "silver"
+# The routes of a valid row silver does not keep (``duplicate_events``).
 DUPLICATE_IN_BATCH = "duplicate_in_batch"
 DUPLICATE_EXISTING = "duplicate_existing"
 
@@ -118,35 +117,46 @@ def earlier_event_ids(silver: DataFrame, event_dates: list[str], load_id: str) -
     ).select("event_id")
 
 
-def routed_events(classified: DataFrame, earlier_ids: DataFrame) -> DataFrame:
-    """The valid rows of a classified batch, each with its ``route``: exact dedup by ``event_id``.
+def duplicate_events(classified: DataFrame, earlier_ids: DataFrame) -> DataFrame:
+    """The valid rows of a classified batch that silver does not keep: exact dedup by
+    ``event_id``, on the narrow key columns only.
 
-    * ``silver``: the copy silver keeps — the earliest in bronze order (version, topic,
-      partition, offset) of its id in the batch, and an id no earlier batch wrote;
-    * ``duplicate_in_batch``: a later copy of an id of this batch;
-    * ``duplicate_existing``: the first copy of an id in ``earlier_ids``.
+    Columns: the row's bronze position (``bronze_version``, ``source_topic``,
+    ``source_partition``, ``source_offset`` — one row of the bronze change feed each),
+    ``event_id`` and ``route``:
 
-    Deterministic, so a replayed batch routes every row as the first run did.
+    * ``duplicate_in_batch``: a later copy, in bronze order, of an id of this batch (the earliest
+      copy is the one silver keeps);
+    * ``duplicate_existing``: the earliest copy of an id in ``earlier_ids``.
+
+    As many rows as duplicates, so ``silver_events`` removes them without moving the wide rows
+    across the cluster. Deterministic: a replayed batch finds the same duplicates.
     """
     first_copy = F.row_number().over(Window.partitionBy("event_id").orderBy(*_BRONZE_ORDER)) == 1
     known = earlier_ids.select("event_id").distinct().withColumn("_known", F.lit(True))
     return (
         classified.filter(F.col("disposition") == "ok")
+        .select("event_id", *_BRONZE_ORDER)
         .withColumn("_first", first_copy)
         .join(known, "event_id", "left")
-        .withColumn(
-            "route",
+        .select(
+            *_BRONZE_ORDER,
+            "event_id",
             F.when(~F.col("_first"), F.lit(DUPLICATE_IN_BATCH))
             .when(F.col("_known"), F.lit(DUPLICATE_EXISTING))
-            .otherwise(F.lit(SILVER)),
+            .alias("route"),
         )
-        .drop("_first", "_known")
+        .filter(F.col("route").isNotNull())
     )
 
 
-def silver_rows(routed: DataFrame) -> DataFrame:
-    """The ``silver.events`` rows of a routed batch."""
-    return routed.filter(F.col("route") == SILVER).select(*SILVER_EVENTS.schema.fieldNames())
+def silver_events(classified: DataFrame, duplicates: DataFrame) -> DataFrame:
+    """The ``silver.events`` rows of a classified batch: its valid rows but ``duplicates``."""
+    return (
+        classified.filter(F.col("disposition") == "ok")
+        .join(duplicates.select(*_BRONZE_ORDER), list(_BRONZE_ORDER), "left_anti")
+        .select(*SILVER_EVENTS.schema.fieldNames())
+    )
 
 
 def batch_tallies(classified: DataFrame) -> DataFrame:

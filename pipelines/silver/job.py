@@ -9,10 +9,11 @@ only a few aggregated counts (and, when a ``fail`` rule broke, one sample row fo
 2. one aggregation (``batch_tallies``) counts rows per disposition, per event date and per rule;
    a ``fail`` rule stops the query here, naming the rule and a sample row, before anything is
    written;
-3. ``routed_events`` deduplicates the valid rows by ``event_id``: the earliest copy in bronze
-   order wins within the batch, and ids already in silver on the batch's event dates, written by
-   earlier batches (another ``load_id``), are duplicates — so a replay routes every row as the
-   first run did; the routed rows are persisted and counted per route;
+3. ``duplicate_events`` finds the duplicates by ``event_id`` on the narrow key columns: within
+   the batch the earliest copy in bronze order wins, and ids already in silver on the batch's
+   event dates, written by earlier batches (another ``load_id``), are duplicates — so a replay
+   finds the same ones; they are persisted (a few rows) and counted per kind, and silver's rows
+   are the valid rows without them (an anti-join that leaves the wide rows where they are);
 4. the executors write quarantine and silver, then the batch's accounting row is appended; each
    is one idempotent Delta commit keyed by (query id, batch id), so a replayed batch skips every
    commit that already landed, and a batch whose accounting row (its last commit) landed is
@@ -49,19 +50,18 @@ from pipelines.quality.gate import Gate
 from pipelines.silver.events import (
     DUPLICATE_EXISTING,
     DUPLICATE_IN_BATCH,
-    SILVER,
     batch_tallies,
     classified_events,
+    duplicate_events,
     earlier_event_ids,
     failing_events,
     parsed_events,
     quarantined_events,
-    routed_events,
-    silver_rows,
+    silver_events,
 )
 from pipelines.streaming.delta import BatchHandler, query_id_from_checkpoint
 from pipelines.streaming.queries import StepClock, await_query, start_table_stream
-from pipelines.streaming.sinks import ensure_table, table_writer
+from pipelines.streaming.sinks import AppendResult, ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def silver_batch_handler(
         # A batch is often one Delta version read by one task: spread it over the cores first.
         spread = batch_df.repartition(spark.sparkContext.defaultParallelism)
         classified = classified_events(gate.evaluate(parsed_events(spread)), load_id)
-        routed: DataFrame | None = None
+        duplicates: DataFrame | None = None
         try:
             # Parsed and gated once: every step below reads the persisted rows.
             classified.persist(StorageLevel.MEMORY_AND_DISK)
@@ -147,22 +147,27 @@ def silver_batch_handler(
             earlier = earlier_event_ids(
                 catalog.read(spark, SILVER_EVENTS.name), tallies.names("event_date"), load_id
             )
-            routed = routed_events(classified, earlier).persist(StorageLevel.MEMORY_AND_DISK)
-            routes = {
-                r["route"]: int(r["count"]) for r in routed.groupBy("route").count().collect()
-            }
+            duplicates = duplicate_events(classified, earlier).persist(StorageLevel.MEMORY_AND_DISK)
+            routes = duplicates.groupBy("route").count().collect()
             clock.lap("dedup")
             account = _account(
-                tallies, routes, query_id=query[0], batch_id=batch_id, load_id=load_id
+                tallies,
+                {r["route"]: int(r["count"]) for r in routes},
+                query_id=query[0],
+                batch_id=batch_id,
+                load_id=load_id,
             )
-            silver = silver_rows(routed)
+            silver = silver_events(classified, duplicates)
             metadata = {"lakehouse.load_id": load_id}
-            for spec, frame, rows in (
-                (SILVER_QUARANTINE, quarantined_events(classified), account.quarantined_rows),
-                (SILVER_EVENTS, silver, account.written_rows),
-            ):
-                if rows:  # an empty output makes no commit
-                    writers[spec.name].append_frame(frame, app_id(spec), batch_id, metadata)
+            if account.quarantined_rows:  # an empty output makes no commit
+                writers[SILVER_QUARANTINE.name].append_frame(
+                    quarantined_events(classified), app_id(SILVER_QUARANTINE), batch_id, metadata
+                )
+            if account.written_rows:
+                written = writers[SILVER_EVENTS.name].append_frame(
+                    silver, app_id(SILVER_EVENTS), batch_id, metadata
+                )
+                _check_written(written, account)
             results.append(
                 pa.Table.from_pylist([account.to_row()], schema=QUALITY_BATCH_RESULTS.arrow_schema),
                 app_id(QUALITY_BATCH_RESULTS),
@@ -179,8 +184,8 @@ def silver_batch_handler(
             stats.timings.append(clock.laps)
         finally:
             classified.unpersist()
-            if routed is not None:
-                routed.unpersist()
+            if duplicates is not None:
+                duplicates.unpersist()
 
     return handle
 
@@ -349,8 +354,10 @@ def _stop_on_fail_rules(
 
 
 def _account(
-    tallies: _Tallies, routes: dict[str, int], *, query_id: str, batch_id: int, load_id: str
+    tallies: _Tallies, duplicates: dict[str, int], *, query_id: str, batch_id: int, load_id: str
 ) -> BatchAccount:
+    in_batch = duplicates.get(DUPLICATE_IN_BATCH, 0)
+    existing = duplicates.get(DUPLICATE_EXISTING, 0)
     return BatchAccount(
         table=SILVER_EVENTS.name,
         load_id=load_id,
@@ -360,12 +367,24 @@ def _account(
         source_start_version=tallies.first_version,
         source_end_version=tallies.last_version,
         input_rows=sum(tallies.counts("disposition").values()),
-        written_rows=routes.get(SILVER, 0),
+        written_rows=tallies.rows("disposition", "ok") - in_batch - existing,
         quarantined_rows=tallies.rows("disposition", "quarantine"),
         dropped_rows=tallies.rows("disposition", "drop"),
-        duplicates_in_batch=routes.get(DUPLICATE_IN_BATCH, 0),
-        duplicates_existing=routes.get(DUPLICATE_EXISTING, 0),
+        duplicates_in_batch=in_batch,
+        duplicates_existing=existing,
         quarantined_by_rule=tallies.counts("quarantined_by_rule"),
         dropped_by_rule=tallies.counts("dropped_by_rule"),
         warnings_by_rule=tallies.counts("warnings_by_rule"),
     )
+
+
+def _check_written(written: AppendResult, account: BatchAccount) -> None:
+    """The silver commit holds exactly the rows the accounting counts, or the batch stops before
+    its accounting row: nothing is lost silently."""
+    if not written.skipped and written.rows != account.written_rows:
+        raise RuntimeError(
+            f"silver batch {account.batch_id} wrote {written.rows} rows to {SILVER_EVENTS.name} "
+            f"(version {written.version}) but counted {account.written_rows}: two rows of the "
+            f"batch share a bronze position (version, topic, partition, offset), which the "
+            "dedup assumes unique. Check bronze.events_raw for repeated Kafka coordinates."
+        )

@@ -428,7 +428,7 @@ def test_the_batch_path_brings_no_batch_rows_to_the_driver(
     assert len(run.stats.accounts) == 2
     assert sum(a.written_rows for a in run.stats.accounts) == generator.report.good
     assert run.stats.accounts[1].duplicates_existing > 0
-    # The tallies and route counts (a few rows: rules, dates, routes) and the suite's metrics;
+    # The tallies and duplicate counts (a few rows: rules, dates, kinds) and the suite's metrics;
     # the suite's samples of unexpected values read one column, and there are none here.
     shapes = [columns for _, columns in collected]
     assert shapes.count(["tally", "name", "rows", "first_version", "last_version"]) == 2, shapes

@@ -19,11 +19,11 @@ from pipelines.quality.gate import Gate
 from pipelines.silver.events import (
     batch_tallies,
     classified_events,
+    duplicate_events,
     earlier_event_ids,
     parsed_events,
     quarantined_events,
-    routed_events,
-    silver_rows,
+    silver_events,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,12 +70,14 @@ def classified(spark: SparkSession, *rows: dict[str, Any]) -> DataFrame:
     return spark.createDataFrame(full, CLASSIFIED_SCHEMA)
 
 
-def routes(routed: DataFrame) -> DataFrame:
-    return routed.select("event_id", "bronze_version", "source_partition", "source_offset", "route")
+def keyed(duplicates: DataFrame) -> DataFrame:
+    return duplicates.select(
+        "event_id", "bronze_version", "source_partition", "source_offset", "route"
+    )
 
 
-ROUTE_SCHEMA = "event_id string, bronze_version bigint, source_partition int, "
-ROUTE_SCHEMA += "source_offset bigint, route string"
+DUPLICATES_SCHEMA = "event_id string, bronze_version bigint, source_partition int, "
+DUPLICATES_SCHEMA += "source_offset bigint, route string"
 
 
 def test_the_earliest_copy_in_bronze_order_wins_and_ids_of_earlier_batches_are_duplicates(
@@ -96,45 +98,34 @@ def test_the_earliest_copy_in_bronze_order_wins_and_ids_of_earlier_batches_are_d
     )
     earlier = spark.createDataFrame([("c",), ("d",), ("d",), ("x",)], "event_id string")
 
-    routed = routed_events(batch, earlier)
+    duplicates = duplicate_events(batch, earlier)
 
     expected = spark.createDataFrame(
         [
             ("a", 2, 0, 0, "duplicate_in_batch"),
-            ("a", 1, 0, 1, "silver"),
             ("b", 1, 1, 2, "duplicate_in_batch"),
-            ("b", 1, 0, 3, "silver"),
             ("c", 1, 0, 4, "duplicate_existing"),
             ("d", 1, 0, 5, "duplicate_existing"),
             ("d", 1, 0, 6, "duplicate_in_batch"),
-            ("g", 1, 0, 9, "silver"),
         ],
-        ROUTE_SCHEMA,
+        DUPLICATES_SCHEMA,
     )
-    assertDataFrameEqual(routes(routed), expected, checkRowOrder=False)
+    assertDataFrameEqual(keyed(duplicates), expected, checkRowOrder=False)
     kept = batch.filter(F.col("source_offset").isin(1, 3, 9)).select(*SILVER_EVENTS.schema.names)
-    assertDataFrameEqual(silver_rows(routed), kept, checkRowOrder=False)
-    assert silver_rows(routed).schema == SILVER_EVENTS.schema
+    assertDataFrameEqual(silver_events(batch, duplicates), kept, checkRowOrder=False)
+    assert silver_events(batch, duplicates).schema == SILVER_EVENTS.schema
 
 
-def test_routing_without_earlier_ids_keeps_one_copy_per_id(spark: SparkSession) -> None:
+def test_without_earlier_ids_one_copy_per_id_is_kept(spark: SparkSession) -> None:
     batch = classified(spark, {"event_id": "a"}, {"event_id": "a"}, {"event_id": "b"})
     none = spark.createDataFrame([], "event_id string")
 
-    routed = routed_events(batch, none)
+    duplicates = duplicate_events(batch, none)
 
-    assertDataFrameEqual(
-        routes(routed),
-        spark.createDataFrame(
-            [
-                ("a", 1, 0, 0, "silver"),
-                ("a", 1, 0, 1, "duplicate_in_batch"),
-                ("b", 1, 0, 2, "silver"),
-            ],
-            ROUTE_SCHEMA,
-        ),
-        checkRowOrder=False,
-    )
+    expected = spark.createDataFrame([("a", 1, 0, 1, "duplicate_in_batch")], DUPLICATES_SCHEMA)
+    assertDataFrameEqual(keyed(duplicates), expected)
+    kept = batch.filter(F.col("source_offset").isin(0, 2)).select(*SILVER_EVENTS.schema.names)
+    assertDataFrameEqual(silver_events(batch, duplicates), kept, checkRowOrder=False)
 
 
 def test_quarantine_holds_the_quarantined_rows_only_in_its_table_schema(
@@ -256,17 +247,16 @@ def test_bronze_rows_are_parsed_gated_and_split_in_one_plan(spark: SparkSession)
     batch = classified_events(gate.evaluate(parsed_events(bronze)), LOAD_ID)
     earlier = spark.createDataFrame([(c,)], "event_id string")
 
-    routed = routed_events(batch, earlier)
+    duplicates = duplicate_events(batch, earlier)
 
     assertDataFrameEqual(
-        routes(routed),
+        keyed(duplicates),
         spark.createDataFrame(
             [
-                (a, 4, 0, 0, "silver"),
                 (a, 4, 0, 1, "duplicate_in_batch"),
                 (c, 4, 0, 4, "duplicate_existing"),
             ],
-            ROUTE_SCHEMA,
+            DUPLICATES_SCHEMA,
         ),
         checkRowOrder=False,
     )
@@ -302,4 +292,4 @@ def test_bronze_rows_are_parsed_gated_and_split_in_one_plan(spark: SparkSession)
         "schema_version bigint, quality_warnings array<string>, source_offset bigint, "
         "bronze_version bigint, load_id string, event_date date",
     )
-    assertDataFrameEqual(silver_rows(routed).select(*expected.columns), expected)
+    assertDataFrameEqual(silver_events(batch, duplicates).select(*expected.columns), expected)
