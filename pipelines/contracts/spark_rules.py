@@ -750,22 +750,24 @@ _PYTHON_HEX_INT = (
 # also matches before a final newline. The day must exist in its month (leap years included);
 # year 0 does not exist.
 _RFC3339 = (
-    r"^([0-9]{4})-(0[1-9]|1[0-2])-([0-9]{2})[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"^[0-9]{4}-(?:0[1-9]|1[0-2])-[0-9]{2}[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
     r"(?:\.[0-9]+)?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])\n?\z"
 )
 
 
 def _date_time(text: Column) -> Column:
-    year = F.regexp_extract(text, _RFC3339, 1).try_cast("int")
-    month = F.regexp_extract(text, _RFC3339, 2).try_cast("int")
-    day = F.regexp_extract(text, _RFC3339, 3).try_cast("int")
+    # The pattern fixes where year, month and day stand; read them only when it matches.
+    matches = text.rlike(_RFC3339)
+    year = F.when(matches, F.substring(text, 1, 4).cast("int"))
+    month = F.when(matches, F.substring(text, 6, 2).cast("int"))
+    day = F.when(matches, F.substring(text, 9, 2).cast("int"))
     leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
     days = (
         F.when(month == 2, F.when(leap, 29).otherwise(28))
         .when(month.isin(4, 6, 9, 11), 30)
         .otherwise(31)
     )
-    return F.coalesce(text.rlike(_RFC3339) & (year > 0) & (day >= 1) & (day <= days), F.lit(False))
+    return F.coalesce(matches & (year > 0) & (day >= 1) & (day <= days), F.lit(False))
 
 
 _FORMATS: dict[str, Callable[[Column], Column]] = {"uuid": _uuid, "date-time": _date_time}
@@ -950,17 +952,15 @@ class _Extras:
 
     def names(self) -> Column:
         prefix = F.lit(self.prefix)
-        return F.transform(F.col(self.keys_name), lambda key: F.concat(prefix, key))
+        keys = F.col(self.keys_name)
+        named = F.transform(keys, lambda key: F.concat(prefix, key))
+        return F.when(F.size(keys) > 0, named).otherwise(keys)
 
     def names_timestamp(self) -> Column:
         prefix = F.lit(self.prefix)
-        return F.coalesce(
-            F.exists(
-                F.col(self.keys_name),
-                lambda key: F.concat(prefix, key).endswith(f":{_TIMESTAMP}"),
-            ),
-            F.lit(False),
-        )
+        keys = F.col(self.keys_name)
+        named = F.exists(keys, lambda key: F.concat(prefix, key).endswith(f":{_TIMESTAMP}"))
+        return _known(F.when(F.size(keys) > 0, named))
 
 
 @dataclass
