@@ -21,6 +21,7 @@ from typing import NamedTuple
 from pyspark.sql import SparkSession
 
 from pipelines.config import Settings
+from pipelines.contracts.spark_rules import JSON_READER_CONF
 from pipelines.jvm import PROBE_CLASSES, jar_set
 from pipelines.lake.catalog import Catalog
 
@@ -42,9 +43,10 @@ def build_spark(settings: Settings, app_name: str | None = None) -> SparkSession
     spark_settings = settings.spark
     if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
         # On a Databricks cluster the runtime owns the session (master, Delta, Kafka, UI):
-        # use it as it is, with only the settings' own spark.conf applied.
+        # use it as it is, with only how the contract reads JSON and the settings' own
+        # spark.conf applied.
         session = SparkSession.builder.getOrCreate()
-        for key, value in spark_settings.conf.items():
+        for key, value in {**JSON_READER_CONF, **spark_settings.conf}.items():
             session.conf.set(key, value)
         Catalog.for_settings(settings).register_all(session)
         return session
@@ -111,6 +113,7 @@ def session_conf(settings: Settings) -> dict[str, str]:
     if jars:
         conf["spark.jars"] = ",".join(jars)
     conf.update(s3a_conf(settings))
+    conf.update(JSON_READER_CONF)
     conf.update(spark_settings.conf)
     return conf
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import copy
 import json
 import re
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import fastjsonschema
 import orjson
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
-from rfc3339_validator import validate_rfc3339
 
 SCHEMAS_DIR = Path(__file__).parent / "schemas"
 ENVELOPE = "envelope"
@@ -173,8 +171,8 @@ class ContractRegistry:
         if isinstance(event, dict) and self._accepted_fast(event):
             return []
         try:
-            full = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            full = load_json(raw)
+        except ValueError as exc:
             return [Violation("json_parse", f"not valid JSON: {exc}")]
         return self.violations(full)
 
@@ -243,8 +241,8 @@ class ContractRegistry:
     def validate_json(self, raw: str | bytes, now_ms: int | None = None) -> list[Violation]:
         """Parse then validate; unparseable input is a ``json_parse`` violation."""
         try:
-            event = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            event = load_json(raw)
+        except ValueError as exc:
             return [Violation("json_parse", f"not valid JSON: {exc}")]
         return self.validate(event, now_ms=now_ms)
 
@@ -261,6 +259,26 @@ class ContractRegistry:
                 f"unknown event type {event_type!r} (known: {', '.join(self.event_types)})"
             )
         return self._contracts[event_type]
+
+
+def load_json(raw: str | bytes) -> Any:
+    """One message as JSON (RFC 8259), the way the contract reads it.
+
+    Python's ``json`` also reads ``NaN``, ``Infinity`` and ``-Infinity``, which are not JSON (and
+    which orjson, the collector and Spark refuse): they are refused here too. Nesting too deep
+    for the parser is a parse error, not a crash.
+
+    Raises:
+        ValueError: ``raw`` is not one JSON value (``UnicodeDecodeError`` is a ``ValueError``).
+    """
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def flatten_schema(file: Path) -> dict[str, Any]:
@@ -422,14 +440,11 @@ def _now_ms() -> int:
     return int(datetime.now(tz=UTC).timestamp() * 1000)
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
-# The format checks jsonschema's FormatChecker applies to our contracts, shared with the fast path.
-_FORMATS: dict[str, Callable[[str], bool]] = {"uuid": _is_uuid, "date-time": validate_rfc3339}
+# The format checks of jsonschema's FormatChecker (the full validator's), shared with the fast
+# path so that it never accepts a value the full validator refuses (``uuid.UUID`` alone accepts
+# 32 hex digits without dashes, braces or a ``urn:uuid:`` prefix; the checker wants the dashes).
+_FORMAT_CHECKER = FormatChecker()
+_FORMATS: dict[str, Callable[[str], bool]] = {
+    name: partial(_FORMAT_CHECKER.conforms, format=name) for name in ("uuid", "date-time")
+}
 _NOT_PARSED = object()

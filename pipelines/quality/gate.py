@@ -1,9 +1,11 @@
 """The validation gate: a rule set compiled into Spark columns, evaluated once per row.
 
-Contract rules are the event contract's own validator (``ContractRegistry.check_json``) run as a
-vectorised Arrow UDF over the raw value, so the gate, the collector and the tests share one
-definition of "valid". Business rules are Spark SQL predicates from the rule file. Every rule is
-evaluated on every row and *all* failed rule names are recorded, not only the first.
+Contract rules are the event contract compiled to Spark SQL expressions
+(``pipelines.contracts.spark_rules``): the same rule names, in the same order, as the contract's
+own validator (``ContractRegistry.check_json``, which the collector uses), held to it by a parity
+test, and evaluated in the JVM with no Python per row. Business rules are Spark SQL predicates
+from the rule file. Every rule is evaluated on every row and *all* failed rule names are
+recorded, not only the first.
 
 ``evaluate`` adds four columns:
 
@@ -19,67 +21,19 @@ evaluated on every row and *all* failed rule names are recorded, not only the fi
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
 from pyspark.errors import AnalysisException, ParseException
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.functions import ArrowUDFType
-from pyspark.sql.types import ArrayType, StringType, StructField, StructType
+from pyspark.sql.types import ArrayType, StringType
 
 from pipelines.contracts.registry import SCHEMAS_DIR, ContractRegistry
+from pipelines.contracts.spark_rules import JSON_READER_CONF, ContractRules
 from pipelines.quality.expectations import QualityConfigError, RuleSet
 
-CONTRACT_RESULT = StructType(
-    [
-        StructField("rules", ArrayType(StringType(), False), False),
-        StructField("detail", StringType()),
-    ]
-)
 GATE_COLUMNS = ("failed_rules", "warnings", "first_error", "disposition")
-_REGISTRIES: dict[str, ContractRegistry] = {}  # one per worker process, built on first use
-
-
-def contract_check(schemas_dir: Path = SCHEMAS_DIR) -> Callable[[Column], Column]:
-    """An Arrow UDF: raw message -> struct(rules, detail) of its contract violations."""
-    root = str(schemas_dir)
-
-    def check(values: pa.Array) -> pa.Array:
-        registry = _REGISTRIES.get(root)
-        if registry is None:
-            registry = _REGISTRIES[root] = ContractRegistry(Path(root))
-        # Most rows are valid: build the (mostly empty) lists from offsets, not Python lists.
-        offsets = [0]
-        names: list[str] = []
-        details: list[str | None] = []
-        check_json = registry.check_json
-        for raw in values.to_pylist():
-            found = check_json(raw)
-            if found:
-                names.extend(v.rule for v in found)
-                details.append(f"{found[0].rule}: {found[0].detail}")
-            else:
-                details.append(None)
-            offsets.append(len(names))
-        rules = pa.ListArray.from_arrays(
-            pa.array(offsets, pa.int32()), pa.array(names, pa.string())
-        )
-        return pa.StructArray.from_arrays(
-            [rules, pa.array(details, pa.string())],
-            fields=[
-                pa.field("rules", pa.list_(pa.string()), False),
-                pa.field("detail", pa.string()),
-            ],
-        )
-
-    # PySpark's type stubs require the UDF type while its runtime prefers type hints and warns.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="It is preferred to specify type hints")
-        return F.arrow_udf(check, CONTRACT_RESULT, ArrowUDFType.SCALAR)
 
 
 @dataclass
@@ -90,8 +44,10 @@ class Gate:
     rule_set: RuleSet
     schemas_dir: Path = SCHEMAS_DIR
     _predicates: list[tuple[str, Column]] = field(default_factory=list, init=False)
+    _contract: ContractRules = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._contract = ContractRules(ContractRegistry(self.schemas_dir))
         for rule in self.rule_set.rules:
             try:
                 self._predicates.append((rule.name, F.expr(rule.predicate)))
@@ -103,7 +59,7 @@ class Gate:
 
     def evaluate(self, parsed: DataFrame) -> DataFrame:
         """Add failed_rules, warnings, first_error and disposition (see module docstring)."""
-        contract = contract_check(self.schemas_dir)(F.col("value"))
+        _require_json_reader_conf(parsed)
         contract_action = self.rule_set.contract_action
         broken = {  # rule name -> "this row breaks it" (NULL predicate = pass)
             name: ~F.coalesce(predicate, F.lit(True)) for name, predicate in self._predicates
@@ -133,7 +89,7 @@ class Gate:
         ]
         try:
             return (
-                parsed.withColumn("_contract", contract)
+                self._contract.add_violations(parsed, value="value", into="_contract")
                 .withColumn("failed_rules", names(blocking, contract_action in blocking))
                 .withColumn("warnings", names({"warn"}, contract_action == "warn"))
                 .withColumn(
@@ -161,4 +117,19 @@ class Gate:
         return (
             evaluated.filter(F.col("disposition") == "ok"),
             evaluated.filter(F.col("disposition") == "quarantine"),
+        )
+
+
+def _require_json_reader_conf(frame: DataFrame) -> None:
+    """The compiled contract reads JSON as the reference does only with ``JSON_READER_CONF``
+    (``pipelines.spark.build_spark`` sets it); without it a message with a repeated key would be
+    refused as unreadable, so the gate refuses to run instead."""
+    conf = frame.sparkSession.conf
+    wrong = {k: v for k, v in JSON_READER_CONF.items() if str(conf.get(k, None)).lower() != v}
+    if wrong:
+        raise QualityConfigError(
+            "the contract gate needs the Spark session confs "
+            + ", ".join(f"{k}={v}" for k, v in wrong.items())
+            + " (JSON objects with a repeated key keep the last value, as the contract's "
+            "validator reads them); build the session with pipelines.spark.build_spark or set them"
         )

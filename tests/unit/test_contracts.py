@@ -27,7 +27,7 @@ from pipelines.contracts import (
     event_spark_schema,
     unified_event_schema,
 )
-from pipelines.contracts.registry import MAX_EVENT_TIME_MS, event_time_ms
+from pipelines.contracts.registry import MAX_EVENT_TIME_MS, event_time_ms, load_json
 from pipelines.contracts.spark_schema import spark_type
 
 NOW_MS = 1_795_000_000_000
@@ -352,13 +352,18 @@ def test_fast_path_agrees_with_the_full_validator(registry: ContractRegistry) ->
         event(context={"locale": "en-us"}),  # pattern
         event(properties={"order_id": "", "revenue": 1, "currency": "EUR", "quantity": 1}),
         event(user_id="x" * 129),  # maxLength
+        # uuid.UUID reads these; the full validator's uuid format wants the dashes
+        event(event_id="3f1c1a0e8b7a4a519a6b0d2b3b7f0e11"),
+        event(event_id="{3f1c1a0e-8b7a-4a51-9a6b-0d2b3b7f0e11}"),
+        event(event_id="urn:uuid:3f1c1a0e-8b7a-4a51-9a6b-0d2b3b7f0e11"),
     ]
     raws += [json.dumps(e).encode() for e in edge_cases] + [b"NaN", b"[]", b'{"a": NaN}', None]
+    raws += [b"[" * 5_000]  # deeper than the parser goes: a parse error, not a RecursionError
     for raw in raws:
         fast = [v.rule for v in registry.check_json(raw)]
         try:
             full = (
-                [v.rule for v in registry.violations(json.loads(raw))] if raw is not None else None
+                [v.rule for v in registry.violations(load_json(raw))] if raw is not None else None
             )
         except ValueError:
             full = ["json_parse"]
@@ -432,3 +437,13 @@ def test_one_event_time_for_the_contract_and_silver(
         ):
             disagreements.append((value, sorted(timestamp_rules), python_ms, in_silver))
     assert disagreements == [], "\n".join(map(repr, disagreements))
+
+
+@pytest.mark.parametrize("raw", ["NaN", '{"a": Infinity}', "[-Infinity]", "[" * 5_000])
+def test_json_that_python_alone_reads_is_a_parse_violation(
+    registry: ContractRegistry, raw: str
+) -> None:
+    """NaN and Infinity are not JSON (orjson, the collector and Spark refuse them), and nesting
+    beyond the parser's depth is refused rather than crashing the check."""
+    assert [v.rule for v in registry.check_json(raw)] == ["json_parse"]
+    assert [v.rule for v in registry.validate_json(raw, now_ms=NOW_MS)] == ["json_parse"]
