@@ -94,7 +94,9 @@ def _reference_udf() -> Any:
 
     def check(values: pa.Array) -> pa.Array:
         registry = _REGISTRIES.get("") or _REGISTRIES.setdefault("", ContractRegistry())
-        offsets, names, details = [0], [], []
+        offsets: list[int] = [0]
+        names: list[str] = []
+        details: list[str | None] = []
         for raw in values.to_pylist():
             found = registry.check_json(raw)
             names.extend(v.rule for v in found)
