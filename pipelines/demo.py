@@ -44,19 +44,12 @@ from pipelines.silver.sessions_job import run_sessions
 from pipelines.streaming.kafka import embedded_broker
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import track_clickstream
+from pipelines.training.sets import DEFAULT_SNAPSHOT_TABLES
 from pipelines.training.sets import REQUIRED_TABLES as TRAINING_TABLES
 from pipelines.training.train import champion_model, train
 
 DEMO_SNAPSHOT = "demo"
 DEMO_NEW_USER = "new-visitor"
-DEFAULT_SNAPSHOT_TABLES = (
-    "silver.events",
-    "silver.sessions",
-    "gold.user_features",
-    "gold.user_features_history",
-    "gold.item_features",
-    "gold.item_features_history",
-)
 # Only these folders under the storage root are reset; the root itself is never removed.
 _DEMO_STATE = ("tables", "_checkpoints", "quality", "mlflow", "_spool")
 
@@ -238,7 +231,7 @@ def run_demo(
             "query_id": bronze.query_id,
         },
         "silver": {
-            **silver_summary(silver.stats),
+            **silver.stats.summary(),
             "rows": catalog.info(SILVER_EVENTS.name).rows,
             "quarantine_rows": catalog.info(SILVER_QUARANTINE.name).rows,
             "table_version": silver.silver_version,
@@ -301,26 +294,6 @@ def run_demo(
         },
         "matches": info.rows == sum(produced_per_topic.values()),
         "seconds": round(time.perf_counter() - started, 2),
-    }
-
-
-def silver_summary(stats: Any) -> dict[str, Any]:
-    """Totals of a silver run's batch accounts (CLI and demo)."""
-    by_rule: Counter[str] = Counter()
-    warnings: Counter[str] = Counter()
-    for account in stats.accounts:
-        by_rule.update(account.quarantined_by_rule)
-        warnings.update(account.warnings_by_rule)
-    return {
-        "batches": stats.batches_written,
-        "input": stats.total("input_rows"),
-        "written": stats.total("written_rows"),
-        "quarantined": stats.total("quarantined_rows"),
-        "dropped": stats.total("dropped_rows"),
-        "duplicates": stats.total("duplicates_in_batch") + stats.total("duplicates_existing"),
-        "quarantined_by_rule": dict(by_rule.most_common()),
-        "warnings_by_rule": dict(warnings.most_common()),
-        "invariant_holds": all(a.invariant_holds for a in stats.accounts),
     }
 
 

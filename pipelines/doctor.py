@@ -17,7 +17,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.config import Settings
+from pipelines.config import ConfigError, Settings
+from pipelines.jvm import JAR_SETS, JarsMissingError, jar_set
+from pipelines.lake.objects import ObjectStore
+from pipelines.spark import build_spark, connector_status
+from pipelines.streaming.kafka import (
+    KafkaUnavailableError,
+    check_reachable,
+    client_config,
+    resolve_bootstrap,
+)
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -90,8 +99,6 @@ def check_java() -> Check:
 def check_spark(settings: Settings, factory: Callable[[Settings], Any] | None) -> tuple[Any, Check]:
     version = importlib.metadata.version("pyspark")
     if factory is None:
-        from pipelines.spark import build_spark
-
         factory = build_spark
     try:
         session = factory(settings)
@@ -110,7 +117,6 @@ def check_spark(settings: Settings, factory: Callable[[Settings], Any] | None) -
 def check_jars(settings: Settings, session: Any) -> list[Check]:
     """The pinned JVM jars: each set resolved (``.jars/``), and each connector loading in the
     session (on a cluster, the runtime's own connectors)."""
-    from pipelines.jvm import JAR_SETS, JarsMissingError, jar_set
 
     checks = []
     local = settings.spark.master.startswith("local")
@@ -137,7 +143,6 @@ def check_jars(settings: Settings, session: Any) -> list[Check]:
             Check("connectors", "warn", "not checked (Spark skipped)", "run without --skip-spark")
         )
         return checks
-    from pipelines.spark import connector_status
 
     for connector, (available, reason) in connector_status(session).items():
         checks.append(
@@ -147,12 +152,6 @@ def check_jars(settings: Settings, session: Any) -> list[Check]:
 
 
 def check_broker(settings: Settings, timeout_s: float) -> Check:
-    from pipelines.streaming.kafka import (
-        KafkaUnavailableError,
-        check_reachable,
-        client_config,
-        resolve_bootstrap,
-    )
 
     try:
         servers = resolve_bootstrap(settings)
@@ -169,7 +168,6 @@ def check_broker(settings: Settings, timeout_s: float) -> Check:
 
 
 def check_storage(settings: Settings) -> list[Check]:
-    from pipelines.lake.objects import ObjectStore
 
     storage = settings.storage.resolved()
     checks = []
@@ -203,7 +201,6 @@ def check_storage(settings: Settings) -> list[Check]:
 
 
 def check_mlflow(settings: Settings) -> Check:
-    from pipelines.config import ConfigError
 
     try:
         uri = settings.mlflow.resolved_tracking_uri(settings.storage)

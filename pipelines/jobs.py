@@ -7,10 +7,9 @@ an empty string means "not set". Each function loads the environment's settings 
 session itself, runs the same ``pipelines`` functions the CLI runs, and returns a small
 JSON-serialisable summary (the notebook's exit value, the wheel task's last line of output).
 
-Settings and Spark come from a ``JobRuntime``: by default ``conf/<env>.yaml`` and
-``pipelines.spark.build_spark`` (which returns the cluster's session on Databricks). The local
-notebook runner and tests swap it with ``job_runtime(...)`` to point storage at a temporary
-folder or reuse a SparkSession.
+Settings, Spark and the validators come from the ``Lakehouse`` runtime
+(``pipelines.runtime.lakehouse``); the local notebook runner and tests swap its factory with
+``pipelines.runtime.using(...)`` to point storage at a temporary folder or reuse a SparkSession.
 """
 
 from __future__ import annotations
@@ -20,58 +19,44 @@ import inspect
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import ConfigError, Settings, TriggerSettings, load_settings, spark_interval
+from pipelines.bronze.job import run_bronze
+from pipelines.config import ConfigError, Settings, TriggerSettings, spark_interval
+from pipelines.contracts import ContractError
+from pipelines.gold.job import run_gold
+from pipelines.jvm import JarsMissingError
+from pipelines.lake.catalog import CatalogConflictError
+from pipelines.lake.maintenance import MaintenanceError
+from pipelines.lake.maintenance import maintain as maintain_tables
+from pipelines.lake.snapshots import Snapshots
+from pipelines.monitoring.drift_job import check_drift
+from pipelines.quality.expectations import QualityConfigError
+from pipelines.quality.report import accounting_report, latest_results
+from pipelines.runtime import Lakehouse, lakehouse
+from pipelines.silver.job import run_silver
+from pipelines.silver.sessions_job import run_sessions
+from pipelines.streaming.kafka import KafkaUnavailableError, resolve_bootstrap
+from pipelines.streaming.queries import StreamingJobError
+from pipelines.training.point_in_time import LeakageError
+from pipelines.training.recommendations import write_recommendations
+from pipelines.training.sets import DEFAULT_SNAPSHOT_TABLES
+from pipelines.training.train import train as train_model
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    pass
 
 Summary = dict[str, Any]
 TRIGGERS = ("available-now", "processing-time", "config")
 
 
-def _build_spark(settings: Settings) -> SparkSession:
-    from pipelines.spark import build_spark
-
-    return build_spark(settings)
-
-
-def _load_settings(env: str) -> Settings:
-    return load_settings(env)
-
-
-@dataclass(frozen=True)
-class JobRuntime:
-    """Where jobs get their settings and SparkSession (injected so they can run anywhere)."""
-
-    load_settings: Callable[[str], Settings] = _load_settings
-    spark: Callable[[Settings], SparkSession] = _build_spark
-
-
-_DEFAULT_RUNTIME = JobRuntime()
-_RUNTIME: ContextVar[JobRuntime | None] = ContextVar("pipelines_job_runtime", default=None)
-
-
-@contextmanager
-def job_runtime(runtime: JobRuntime) -> Iterator[JobRuntime]:
-    """Run jobs with ``runtime``'s settings and Spark inside the ``with`` block."""
-    token = _RUNTIME.set(runtime)
-    try:
-        yield runtime
-    finally:
-        _RUNTIME.reset(token)
-
-
 def settings_for(env: str) -> Settings:
     """The settings jobs use for ``env`` (notebooks call this rather than ``load_settings`` so
     the local runner's overrides apply to them too)."""
-    return _runtime().load_settings(_text("env", env))
+    return lakehouse(_text("env", env)).settings
 
 
 class AccountingBrokenError(RuntimeError):
@@ -94,14 +79,13 @@ def bronze(
         interval: processing-time interval, e.g. ``30s`` (default: the environment's).
         timeout: stop a continuous run after this many seconds (default: run until stopped).
     """
-    from pipelines.bronze.job import run_bronze
-    from pipelines.streaming.kafka import resolve_bootstrap
 
     started = time.perf_counter()
-    settings = settings_for(env)
+    lake = lakehouse(_text("env", env))
+    settings = lake.settings
     chosen, timeout_s = _trigger(settings, trigger, interval), _number("timeout", timeout)
     servers = resolve_bootstrap(settings)
-    run = run_bronze(_spark(settings), settings, servers, trigger=chosen, timeout_s=timeout_s)
+    run = run_bronze(lake.spark, settings, servers, trigger=chosen, timeout_s=timeout_s)
     return _summary(
         "bronze",
         settings,
@@ -126,25 +110,21 @@ def silver(
 ) -> Summary:
     """``bronze.events_raw`` -> gate -> ``silver.events`` + ``silver.quarantine``, validated by
     the Great Expectations suite when ``quality.great_expectations.enabled``."""
-    from pipelines.demo import silver_summary
-    from pipelines.lake.catalog import Catalog
-    from pipelines.silver.job import run_silver, silver_suite_validator
 
     started = time.perf_counter()
-    settings = settings_for(env)
+    lake = lakehouse(_text("env", env))
+    settings = lake.settings
     chosen, timeout_s = _trigger(settings, trigger, interval), _number("timeout", timeout)
-    gx = settings.quality.great_expectations.enabled
-    validator = silver_suite_validator(settings, Catalog.for_settings(settings)) if gx else None
-    run = run_silver(
-        _spark(settings), settings, trigger=chosen, validator=validator, timeout_s=timeout_s
-    )
+    gx = lake.great_expectations
+    validator = lake.silver_validator()
+    run = run_silver(lake.spark, settings, trigger=chosen, validator=validator, timeout_s=timeout_s)
     return _summary(
         "silver",
         settings,
         started,
         trigger=chosen.mode,
         great_expectations=gx,
-        **silver_summary(run.stats),
+        **run.stats.summary(),
         silver_version=run.silver_version,
         quarantine_version=run.quarantine_version,
         query_id=run.query_id,
@@ -158,12 +138,12 @@ def sessions(
     timeout: float | str | None = None,
 ) -> Summary:
     """New ``silver.events`` -> ``silver.sessions`` (affected users recomputed, MERGEd)."""
-    from pipelines.silver.sessions_job import run_sessions
 
     started = time.perf_counter()
-    settings = settings_for(env)
+    lake = lakehouse(_text("env", env))
+    settings = lake.settings
     chosen, timeout_s = _trigger(settings, trigger, interval), _number("timeout", timeout)
-    run = run_sessions(_spark(settings), settings, trigger=chosen, timeout_s=timeout_s)
+    run = run_sessions(lake.spark, settings, trigger=chosen, timeout_s=timeout_s)
     return _summary(
         "sessions",
         settings,
@@ -183,15 +163,14 @@ def gold(
 ) -> Summary:
     """New ``silver.events`` -> ``gold.user_features`` / ``gold.item_features`` (+ history),
     each batch gated by the gold suites when ``quality.great_expectations.enabled``."""
-    from pipelines.gold.job import gold_suite_gate, run_gold
-    from pipelines.lake.catalog import Catalog
 
     started = time.perf_counter()
-    settings = settings_for(env)
+    lake = lakehouse(_text("env", env))
+    settings = lake.settings
     chosen, timeout_s = _trigger(settings, trigger, interval), _number("timeout", timeout)
-    gx = settings.quality.great_expectations.enabled
-    gate = gold_suite_gate(settings, Catalog.for_settings(settings)) if gx else None
-    run = run_gold(_spark(settings), settings, trigger=chosen, gate=gate, timeout_s=timeout_s)
+    gx = lake.great_expectations
+    gate = lake.gold_gate()
+    run = run_gold(lake.spark, settings, trigger=chosen, gate=gate, timeout_s=timeout_s)
     stats = run.stats
     return _summary(
         "gold",
@@ -218,13 +197,12 @@ def quality_report(env: str, limit: int | str = 10, fail_on_broken: bool | str =
         AccountingBrokenError: with ``fail_on_broken``, when a batch's input rows are not all
             in silver, the quarantine or the duplicates (so the scheduled run fails and alerts).
     """
-    from pipelines.lake.catalog import Catalog
-    from pipelines.quality.report import accounting_report, latest_results
 
     started = time.perf_counter()
-    settings = settings_for(env)
+    lake = lakehouse(_text("env", env))
+    settings = lake.settings
     top, fail = _integer("limit", limit), _flag("fail_on_broken", fail_on_broken)
-    catalog = Catalog.for_settings(settings)
+    catalog = lake.catalog
     accounting = accounting_report(
         catalog, require_suites=settings.quality.great_expectations.enabled
     )
@@ -274,15 +252,15 @@ def quality_report(env: str, limit: int | str = 10, fail_on_broken: bool | str =
 def train(env: str, snapshot: str | None = None, seed: int | str = 42) -> Summary:
     """Retrain the recommender from ``snapshot``; without one, first pin a fresh dated snapshot
     of silver and gold (``train-<UTC time>``), as the nightly run does."""
-    from pipelines.training.train import train as train_model
 
     started = time.perf_counter()
-    settings = settings_for(env)
+    lake = lakehouse(_text("env", env))
+    settings = lake.settings
     name, seed_value = _optional("snapshot", snapshot), _integer("seed", seed)
-    spark = _spark(settings)
+    spark = lake.spark
     created = name is None
     if name is None:
-        name = _create_snapshot(spark, settings, f"train-{datetime.now(tz=UTC):%Y%m%dT%H%M%S}")
+        name = _create_snapshot(lake, f"train-{datetime.now(tz=UTC):%Y%m%dT%H%M%S}")
     run = train_model(spark, settings, snapshot=name, seed=seed_value)
     return _summary("train", settings, started, snapshot_created=created, **asdict(run))
 
@@ -294,13 +272,13 @@ def drift(env: str, snapshot: str | None = None, retrain_on_drift: bool | str = 
     Raises:
         LookupError: no snapshot was given and there is no champion model yet (train first).
     """
-    from pipelines.monitoring.drift_job import check_drift
 
     started = time.perf_counter()
-    settings = settings_for(env)
+    lake = lakehouse(_text("env", env))
+    settings = lake.settings
     reference = _optional("snapshot", snapshot)
     retrain = _flag("retrain_on_drift", retrain_on_drift)
-    report = check_drift(_spark(settings), settings, snapshot=reference, retrain_on_drift=retrain)
+    report = check_drift(lake.spark, settings, snapshot=reference, retrain_on_drift=retrain)
     return _summary(
         "drift",
         settings,
@@ -316,15 +294,14 @@ def drift(env: str, snapshot: str | None = None, retrain_on_drift: bool | str = 
 
 def maintain(env: str, retention_hours: float | str = 168, dry_run: bool | str = False) -> Summary:
     """OPTIMIZE and VACUUM every table, keeping every file a named snapshot pins."""
-    from pipelines.lake.catalog import Catalog
-    from pipelines.lake.maintenance import maintain as maintain_tables
 
     started = time.perf_counter()
-    settings = settings_for(env)
+    lake = lakehouse(_text("env", env))
+    settings = lake.settings
     hours, dry = _number("retention_hours", retention_hours), _flag("dry_run", dry_run)
     report = maintain_tables(
-        _spark(settings),
-        Catalog.for_settings(settings),
+        lake.spark,
+        lake.catalog,
         retention_hours=168 if hours is None else hours,
         dry_run=dry,
     )
@@ -346,12 +323,12 @@ def maintain(env: str, retention_hours: float | str = 168, dry_run: bool | str =
 
 def batch_recommendations(env: str, k: int | str = 10) -> Summary:
     """Replace ``gold.recommendations`` with the champion's top-k for every active user."""
-    from pipelines.training.recommendations import write_recommendations
 
     started = time.perf_counter()
-    settings = settings_for(env)
+    lake = lakehouse(_text("env", env))
+    settings = lake.settings
     top = _integer("k", k)
-    written = write_recommendations(_spark(settings), settings, top)
+    written = write_recommendations(lake.spark, settings, top)
     return _summary("batch_recommendations", settings, started, **written)
 
 
@@ -387,14 +364,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Failures whose message says what to fix: one line, not a traceback."""
-    from pipelines.contracts import ContractError
-    from pipelines.jvm import JarsMissingError
-    from pipelines.lake.catalog import CatalogConflictError
-    from pipelines.lake.maintenance import MaintenanceError
-    from pipelines.quality.expectations import QualityConfigError
-    from pipelines.streaming.kafka import KafkaUnavailableError
-    from pipelines.streaming.queries import StreamingJobError
-    from pipelines.training.point_in_time import LeakageError
 
     return (
         ConfigError,
@@ -432,35 +401,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _spark(settings: Settings) -> SparkSession:
-    return _runtime().spark(settings)
-
-
-def _runtime() -> JobRuntime:
-    return _RUNTIME.get() or _DEFAULT_RUNTIME
-
-
 def _summary(job: str, settings: Settings, started: float, **fields: Any) -> Summary:
     summary: Summary = {"job": job, "env": settings.env, **fields}
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
 
 
-def _create_snapshot(spark: SparkSession, settings: Settings, name: str) -> str:
+def _create_snapshot(lake: Lakehouse, name: str) -> str:
     """Pin silver and gold under ``name``, validated by the gold suites when GX is enabled."""
-    from pipelines.demo import DEFAULT_SNAPSHOT_TABLES
-    from pipelines.gold.job import gold_snapshot_validator
-    from pipelines.lake.catalog import Catalog
-    from pipelines.lake.snapshots import Snapshots
-
-    catalog = Catalog.for_settings(settings)
-    validator = (
-        gold_snapshot_validator(spark, settings, catalog, name)
-        if settings.quality.great_expectations.enabled
-        else None
-    )
-    Snapshots(catalog).create(
-        name, DEFAULT_SNAPSHOT_TABLES, "created by the train job", validator, spark=spark
+    Snapshots(lake.catalog).create(
+        name,
+        DEFAULT_SNAPSHOT_TABLES,
+        "created by the train job",
+        lake.snapshot_validator(name),
+        spark=lake.spark,
     )
     return name
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
+import pyspark
+
 DELTA_VERSION = "4.4.0"
 SPARK_VERSION = "4.2.0"
 HADOOP_VERSION = "3.5.0"
@@ -91,7 +93,6 @@ def jars_root() -> Path:
 
 
 def pyspark_jars() -> Path:
-    import pyspark
 
     return Path(pyspark.__file__).resolve().parent / "jars"
 

@@ -9,7 +9,7 @@ session built from the environment's settings on first use. Markdown and magic c
 
 Widget values come from the notebook's defaults, overridden by ``params`` and by ``env`` (the
 ``env`` widget). The jobs the notebook calls (``pipelines.jobs``) get the same settings and the
-same SparkSession through ``pipelines.jobs.job_runtime``.
+same SparkSession through the runtime's factory (``pipelines.runtime.using``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ from pathlib import Path
 from types import CodeType
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
+from pyspark.sql import DataFrame
+
 from pipelines.config import Settings, load_settings
-from pipelines.jobs import JobRuntime, job_runtime
+from pipelines.runtime import LakehouseFactory, using
+from pipelines.spark import build_spark
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -149,10 +152,10 @@ def run_notebook(
         "display": display,
         "spark": spark if spark is not None else LazySpark(session.spark),
     }
-    runtime = JobRuntime(load_settings=session.settings_for, spark=session.spark_for)
+    factory = LakehouseFactory(load_settings=session.settings_for, spark=session.spark_for)
     output = _Tee(sys.stdout) if echo else io.StringIO()
     ran = 0
-    with job_runtime(runtime), redirect_stdout(output):
+    with using(factory), redirect_stdout(output):
         for cell, program in programs:
             try:
                 exec(program, namespace)
@@ -304,7 +307,6 @@ class DBUtils:
 
 def display(obj: Any, rows: int = DISPLAY_ROWS) -> None:
     """Databricks' ``display``: print the first rows of a Spark or pandas DataFrame."""
-    from pyspark.sql import DataFrame
 
     if isinstance(obj, DataFrame):
         obj.show(rows, truncate=False)
@@ -348,8 +350,6 @@ class _Session:
 
     def spark_for(self, settings: Settings) -> SparkSession:
         if self._spark is None:
-            from pipelines.spark import build_spark
-
             self._spark = build_spark(settings)
         return self._spark
 

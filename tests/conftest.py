@@ -17,6 +17,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from pipelines.config import EVENT_TYPES, Settings, load_settings
+from pipelines.spark import build_spark
 from pipelines.streaming.kafka import EmbeddedKafka
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +58,6 @@ def conf_folder(root: Path, base_yaml: str, env: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
-    from pipelines.spark import build_spark
 
     settings = make_settings(tmp_path_factory.mktemp("spark"))
     session = build_spark(settings, app_name="lakehouse-tests")

@@ -31,8 +31,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from pipelines.config import Settings
+from pipelines.collector import serve
+from pipelines.config import Settings, load_settings
 from pipelines.streaming.kafka import embedded_broker
+from pipelines.tracking import Tracker
 
 TARGET_EVENTS_PER_S = 20_000
 TARGET_P99_MS = 50.0
@@ -210,7 +212,6 @@ async def _open_loop(
 
 
 def _sdk_track_cost_us(url: str, key: str, calls: int) -> float:
-    from pipelines.tracking import Tracker
 
     spool = Path(tempfile.mkdtemp(prefix="lakehouse-bench-spool-"))
     tracker = Tracker(url, key, spool_dir=str(spool), max_queue=calls + 1)
@@ -232,8 +233,6 @@ def _sdk_track_cost_us(url: str, key: str, calls: int) -> float:
 
 
 def _serve_child(env: str, conf_dir: str, bootstrap: str) -> None:
-    from pipelines.collector import serve
-    from pipelines.config import load_settings
 
     settings = load_settings(env, conf_dir=conf_dir)
 

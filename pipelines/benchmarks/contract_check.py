@@ -25,8 +25,10 @@ from pyspark.sql import functions as F
 from pyspark.sql.functions import ArrowUDFType
 from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
+from pipelines.config import load_settings
 from pipelines.contracts.registry import ContractRegistry
 from pipelines.contracts.spark_rules import ContractRules
+from pipelines.spark import build_spark
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 
 _REGISTRIES: dict[str, ContractRegistry] = {}  # one per Python worker, built on first use
@@ -120,8 +122,6 @@ def _reference_udf() -> Any:
 
 
 def main() -> None:
-    from pipelines.config import load_settings
-    from pipelines.spark import build_spark
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.chaos.edge import run_broker_failover, run_collector_broker_restarts
+from pipelines.chaos.hostile import run_hostile_inputs
+from pipelines.chaos.jobs import run_job_crashes
 from pipelines.chaos.report import SECONDS, ChaosResult
 from pipelines.config import Settings, load_settings
 
@@ -108,8 +111,6 @@ def _run_part(
     name: str, workdir: Path, *, settings: Settings, sizes: Sizes, seed: int, log: Log
 ) -> ChaosResult:
     if name == "jobs":
-        from pipelines.chaos.jobs import run_job_crashes
-
         return run_job_crashes(
             workdir / "job-crashes",
             crashes=sizes.job_crashes,
@@ -118,8 +119,6 @@ def _run_part(
             log=log,
         )
     if name == "failover":
-        from pipelines.chaos.edge import run_broker_failover
-
         return run_broker_failover(
             workdir,
             settings,
@@ -129,8 +128,6 @@ def _run_part(
             log=log,
         )
     if name == "restarts":
-        from pipelines.chaos.edge import run_collector_broker_restarts
-
         return run_collector_broker_restarts(
             workdir,
             settings,
@@ -141,7 +138,6 @@ def _run_part(
             seed=seed,
             log=log,
         )
-    from pipelines.chaos.hostile import run_hostile_inputs
 
     return run_hostile_inputs(
         workdir,

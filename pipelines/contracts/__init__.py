@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from pipelines.contracts import spark_schema
 from pipelines.contracts.compatibility import CompatibilityReport, check_compatibility
 from pipelines.contracts.registry import (
     SCHEMAS_DIR,
@@ -19,8 +20,6 @@ _SPARK = ("event_spark_schema", "unified_event_schema")
 
 def __getattr__(name: str) -> Any:
     if name in _SPARK:
-        from pipelines.contracts import spark_schema
-
         return getattr(spark_schema, name)
     raise AttributeError(f"module 'pipelines.contracts' has no attribute {name!r}")
 

@@ -21,6 +21,7 @@ from delta.tables import DeltaTable as SparkDeltaTable
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from pipelines.config import Settings, StorageSettings
 from pipelines.lake.tables import TABLES, TableSpec, table_spec
@@ -327,7 +328,6 @@ def _same_location(a: str, b: str) -> bool:
 
 def _partition_filter(column: str, op: str, value: Any) -> Any:
     """A delta-rs partition filter tuple as a Spark Column."""
-    from pyspark.sql import functions as F
 
     col = F.col(column)
     if op in ("in", "not in"):

@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import boto3
+
 from pipelines.config import StorageSettings
 
 
@@ -90,8 +92,6 @@ class ObjectStore:
     @property
     def client(self) -> Any:
         if self._client is None:
-            import boto3
-
             self._client = boto3.client("s3", **self.storage.s3.boto3_kwargs())
         return self._client
 

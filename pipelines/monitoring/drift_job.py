@@ -14,13 +14,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+from mlflow.exceptions import MlflowException
 from pyspark.sql import SparkSession
 
 from pipelines.config import Settings
+from pipelines.gold.job import gold_snapshot_validator
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import Snapshots, read_pandas
 from pipelines.lake.tables import GOLD_USER_FEATURES, QUALITY_DRIFT_RESULTS
 from pipelines.monitoring.drift import DriftThresholds, FeatureDrift, feature_drift
+from pipelines.streaming.sinks import table_writer
+from pipelines.training.sets import DEFAULT_SNAPSHOT_TABLES
+from pipelines.training.train import CHAMPION, configure_mlflow, train
 
 
 @dataclass
@@ -66,10 +71,6 @@ def check_drift(
     )
     _record(spark, catalog, report)
     if retrain_on_drift and report.drifted:
-        from pipelines.demo import DEFAULT_SNAPSHOT_TABLES
-        from pipelines.gold.job import gold_snapshot_validator
-        from pipelines.training.train import train
-
         name = f"drift-{report.checked_at:%Y%m%dT%H%M%S}"
         Snapshots(catalog).create(
             name,
@@ -90,9 +91,6 @@ def check_drift(
 
 
 def _champion_snapshot(settings: Settings) -> str:
-    from mlflow.exceptions import MlflowException
-
-    from pipelines.training.train import CHAMPION, configure_mlflow
 
     client = configure_mlflow(settings)
     try:
@@ -110,7 +108,6 @@ def _champion_snapshot(settings: Settings) -> str:
 
 
 def _record(spark: SparkSession, catalog: Catalog, report: DriftReport) -> None:
-    from pipelines.streaming.sinks import table_writer
 
     rows = [
         {

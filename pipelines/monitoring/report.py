@@ -19,6 +19,7 @@ import matplotlib.dates
 
 matplotlib.use("Agg")  # no display: render to files only
 import matplotlib.pyplot as plt
+import mlflow
 from matplotlib.figure import Figure
 
 from pipelines.config import Settings
@@ -26,6 +27,7 @@ from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import MONITORING_QUERY_PROGRESS
 from pipelines.monitoring.alerts import Alert, evaluate
 from pipelines.monitoring.health import Health, lake_health
+from pipelines.training.train import configure_mlflow
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1200px}
@@ -81,10 +83,6 @@ def build_report(settings: Settings, catalog: Catalog | None = None) -> str:
 def model_runs(settings: Settings) -> list[dict[str, Any]]:
     """Training runs (start time, model and baseline NDCG@k) from the MLflow store."""
     try:
-        import mlflow
-
-        from pipelines.training.train import configure_mlflow
-
         configure_mlflow(settings)
         frame = mlflow.search_runs(
             experiment_names=[settings.mlflow.experiment], order_by=["start_time ASC"]

@@ -27,7 +27,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 from pyspark import StorageLevel
@@ -36,6 +36,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.config import Settings, TriggerSettings
+from pipelines.contracts import ContractRegistry
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import (
     BRONZE_EVENTS_RAW,
@@ -47,6 +48,8 @@ from pipelines.lake.tables import (
 from pipelines.quality.accounting import BatchAccount
 from pipelines.quality.expectations import RuleSet, load_rule_set
 from pipelines.quality.gate import Gate
+from pipelines.quality.recording import SuiteRecorder
+from pipelines.quality.suites import silver_events_expectations
 from pipelines.silver.events import (
     DUPLICATE_EXISTING,
     DUPLICATE_IN_BATCH,
@@ -90,6 +93,25 @@ class SilverStats:
 
     def total(self, name: str) -> int:
         return sum(int(getattr(a, name)) for a in self.accounts)
+
+    def summary(self) -> dict[str, Any]:
+        """Totals of the run's batch accounts (what the CLI, the jobs and the demo report)."""
+        by_rule: Counter[str] = Counter()
+        warnings: Counter[str] = Counter()
+        for account in self.accounts:
+            by_rule.update(account.quarantined_by_rule)
+            warnings.update(account.warnings_by_rule)
+        return {
+            "batches": self.batches_written,
+            "input": self.total("input_rows"),
+            "written": self.total("written_rows"),
+            "quarantined": self.total("quarantined_rows"),
+            "dropped": self.total("dropped_rows"),
+            "duplicates": self.total("duplicates_in_batch") + self.total("duplicates_existing"),
+            "quarantined_by_rule": dict(by_rule.most_common()),
+            "warnings_by_rule": dict(warnings.most_common()),
+            "invariant_holds": all(a.invariant_holds for a in self.accounts),
+        }
 
 
 @dataclass
@@ -276,14 +298,11 @@ def silver_suite_validator(settings: Settings, catalog: Catalog) -> BatchValidat
 
 class _SilverSuite:
     def __init__(self, settings: Settings, catalog: Catalog) -> None:
-        from pipelines.contracts import ContractRegistry
-        from pipelines.quality.recording import SuiteRecorder
 
         self.recorder = SuiteRecorder(settings, catalog)
         self.event_types = ContractRegistry().event_types
 
     def __call__(self, written: DataFrame, batch_id: int, load_id: str) -> None:
-        from pipelines.quality.suites import silver_events_expectations
 
         expectations = silver_events_expectations(self.event_types, SILVER_BATCH_ROW_BOUND)
         self.recorder.validate(

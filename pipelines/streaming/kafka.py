@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
 
 from pipelines.config import KafkaSettings, Settings
 from pipelines.kafka.broker import EmbeddedKafka, EmbeddedKafkaError, pid_alive
@@ -149,7 +150,6 @@ def client_config(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str, Any
 
 def check_reachable(conf: dict[str, Any], timeout_s: float) -> None:
     """Raise KafkaUnavailableError unless a metadata request succeeds within ``timeout_s``."""
-    from confluent_kafka.admin import AdminClient
 
     admin_conf: dict[str, Any] = {**conf, "logger": quiet_logger}
     admin = AdminClient(admin_conf)

@@ -32,15 +32,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from pipelines.contracts.registry import ContractRegistry
 from pipelines.tracking.spool import CorruptSpoolFileError, Spool
 from pipelines.tracking.transport import Reply, Transport, Verdict, utc_stamp
-
-if TYPE_CHECKING:
-    from pipelines.contracts.registry import ContractRegistry
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +339,6 @@ class Tracker:
             if self._registry is None:
                 # Imported on first need: the contracts package pulls in jsonschema and pyspark
                 # (about a second), which apps passing schema_versions never pay for.
-                from pipelines.contracts.registry import ContractRegistry
 
                 self._registry = ContractRegistry()
             version = self._registry.get(event_type).version

@@ -19,11 +19,14 @@ from pipelines.config import Settings, parse_duration
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import SnapshotError, Snapshots
 from pipelines.lake.tables import (
+    GOLD_ITEM_FEATURES,
     GOLD_ITEM_FEATURES_HISTORY,
     GOLD_TRAINING_SETS,
+    GOLD_USER_FEATURES,
     GOLD_USER_FEATURES_HISTORY,
     LAKE_TRAINING_SETS,
     SILVER_EVENTS,
+    SILVER_SESSIONS,
 )
 from pipelines.streaming.sinks import table_writer
 from pipelines.training.point_in_time import (
@@ -37,6 +40,15 @@ from pipelines.training.point_in_time import (
 REQUIRED_TABLES = (
     SILVER_EVENTS.name,
     GOLD_USER_FEATURES_HISTORY.name,
+    GOLD_ITEM_FEATURES_HISTORY.name,
+)
+# What a snapshot pins unless told otherwise: everything a training set or drift check reads.
+DEFAULT_SNAPSHOT_TABLES = (
+    SILVER_EVENTS.name,
+    SILVER_SESSIONS.name,
+    GOLD_USER_FEATURES.name,
+    GOLD_USER_FEATURES_HISTORY.name,
+    GOLD_ITEM_FEATURES.name,
     GOLD_ITEM_FEATURES_HISTORY.name,
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
 from pipelines.cli import app
+from pipelines.monitoring.exporter import METRICS
 from tests.streaming.helpers import metric_samples
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -183,7 +185,6 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
     at_v1 = last_json(
         run(data, "sql", "SELECT count(*) AS n FROM silver.events VERSION AS OF 1", "--json")
     )
-    from deltalake import DeltaTable
 
     silver_v1 = DeltaTable(str(data / "tables" / "silver" / "events"), version=1)
     expected = sum(silver_v1.get_add_actions(flatten=True).column("num_records").to_pylist())
@@ -212,7 +213,6 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
         server.wait(30)
     samples = metric_samples(text)
     names = {name for name, _labels in samples}
-    from pipelines.monitoring.exporter import METRICS
 
     documented = (REPO / "docs" / "MONITORING.md").read_text()
     for name in names:

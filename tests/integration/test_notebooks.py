@@ -16,16 +16,15 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
-from pipelines import jobs
+from pipelines import jobs, runtime
 from pipelines.config import EVENT_TYPES, Settings, load_settings
-from pipelines.demo import DEFAULT_SNAPSHOT_TABLES
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import Snapshots
 from pipelines.lake.tables import BRONZE_EVENTS_RAW, GOLD_USER_FEATURES
 from pipelines.notebooks import run_notebook
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import publish_clickstream
-from pipelines.training.sets import build_training_set
+from pipelines.training.sets import DEFAULT_SNAPSHOT_TABLES, build_training_set
 from tests.conftest import REPO, SharedBroker
 from tests.streaming.helpers import produce
 
@@ -108,8 +107,8 @@ def gold_lake(
         generator, 1_200, settings.kafka, kafka_broker.bootstrap_servers
     )
     assert published.delivery.total_failed == 0
-    runtime = jobs.JobRuntime(load_settings=lambda _env: settings, spark=lambda _s: spark)
-    with jobs.job_runtime(runtime):
+    factory = runtime.LakehouseFactory(load_settings=lambda _env: settings, spark=lambda _s: spark)
+    with runtime.using(factory):
         summaries = {name: jobs.JOBS[name]("test") for name in ("bronze", "silver", "sessions")}
         summaries["gold"] = jobs.gold("test")
     yield overrides, settings, summaries
@@ -140,8 +139,8 @@ def test_the_quality_report_and_maintenance_jobs_read_the_same_lake(
 ) -> None:
     _, settings, summaries = gold_lake
     catalog = Catalog.for_settings(settings)
-    runtime = jobs.JobRuntime(load_settings=lambda _env: settings)
-    with jobs.job_runtime(runtime):
+    factory = runtime.LakehouseFactory(load_settings=lambda _env: settings)
+    with runtime.using(factory):
         report = jobs.quality_report("test", limit="5")
         maintenance = jobs.maintain("test", retention_hours="168", dry_run="true")
     silver = summaries["silver"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
@@ -41,7 +42,6 @@ def contiguous(offsets: list[tuple[str, int, int]]) -> Counter[tuple[str, int]]:
 def forget_commit(checkpoint: str, batch_id: int) -> None:
     """Simulate a crash after a batch's Delta commits but before Spark recorded it as done:
     remove the batch's entry (and checksum) from the checkpoint's commit log."""
-    from pathlib import Path
 
     commits = Path(checkpoint) / "commits"
     (commits / str(batch_id)).unlink()

@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 import pytest
 import requests
+from pydantic import SecretStr
+from segment.analytics import Client
 
 from pipelines.collector import BackgroundCollector
 from pipelines.collector.access import RateLimiter, WriteKeys, presented_key, truncate_ip
@@ -194,7 +196,6 @@ def test_503_when_kafka_cannot_acknowledge(tmp_path: Any) -> None:
 def test_official_segment_client_delivers_track_page_and_identify(
     collector: BackgroundCollector, lake_settings: Settings
 ) -> None:
-    from segment.analytics import Client
 
     client = Client(write_key=KEY, host=collector.url, sync_mode=True, gzip=True)
     client.track(
@@ -309,7 +310,6 @@ def test_metrics_are_prometheus_text_with_counts(collector: BackgroundCollector)
 
 
 def test_write_keys_rate_limiter_and_ip_truncation() -> None:
-    from pydantic import SecretStr
 
     keys = WriteKeys({"web": SecretStr("k-web"), "app": SecretStr("k-app")})
     assert keys.match("k-app") == "app"

@@ -14,9 +14,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from pipelines.benchmarks.collector import bench_collector
 from pipelines.collector import BackgroundCollector
 from pipelines.config import Settings
 from pipelines.tracking import Tracker
+from tests.conftest import make_settings
 from tests.streaming.helpers import read_topic
 
 pytestmark = pytest.mark.streaming
@@ -165,8 +167,6 @@ def test_killed_sdk_process_delivers_its_spool_after_restart(
 
 @pytest.mark.slow
 def test_bench_collector_reports_measured_figures(tmp_path: Path) -> None:
-    from pipelines.benchmarks.collector import bench_collector
-    from tests.conftest import make_settings
 
     result = bench_collector(
         make_settings(tmp_path), seconds=1.0, concurrency=4, latency_rate=500, sdk_calls=2_000

@@ -12,7 +12,9 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.testing import assertDataFrameEqual
+from typer.testing import CliRunner
 
+from pipelines.cli import app
 from pipelines.config import Settings, SilverSettings, TriggerSettings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import (
@@ -503,9 +505,6 @@ def test_sessions_follow_late_events_and_match_a_full_recomputation(
 def test_quality_check_cli_fails_when_the_accounting_is_broken(
     spark: SparkSession, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from typer.testing import CliRunner
-
-    from pipelines.cli import app
 
     catalog = Catalog(settings.storage)
     land_in_bronze(catalog, [json.dumps(event()), "not json"])

@@ -13,11 +13,13 @@ import pytest
 from mlflow import MlflowClient
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from typer.testing import CliRunner
 
+from pipelines.cli import app
 from pipelines.config import Settings, TriggerSettings
 from pipelines.gold.job import run_gold
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.snapshots import Snapshots
+from pipelines.lake.snapshots import SnapshotError, Snapshots
 from pipelines.lake.tables import GOLD_RECOMMENDATIONS, GOLD_USER_FEATURES, QUALITY_DRIFT_RESULTS
 from pipelines.monitoring.drift_job import check_drift
 from pipelines.silver.job import run_silver
@@ -164,7 +166,6 @@ def test_train_refuses_an_unknown_snapshot(
     lake: tuple[Settings, TrainingRun, TrainingRun], spark: SparkSession, tmp_path: Path
 ) -> None:
     settings, _, _ = lake
-    from pipelines.lake.snapshots import SnapshotError
 
     with pytest.raises(SnapshotError, match="no snapshot 'nope'"):
         train(spark, settings, snapshot="nope")
@@ -173,9 +174,6 @@ def test_train_refuses_an_unknown_snapshot(
 def test_recommend_cli_flags_an_unknown_user_as_cold_start(
     lake: tuple[Settings, TrainingRun, TrainingRun], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from typer.testing import CliRunner
-
-    from pipelines.cli import app
 
     settings, first, _ = lake
     monkeypatch.setenv("LAKEHOUSE_DATA", settings.storage.root)

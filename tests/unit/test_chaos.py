@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+import uuid
 from pathlib import Path
 
 import orjson
@@ -19,6 +20,8 @@ from pipelines.chaos.readback import tally
 from pipelines.chaos.report import ChaosResult, render, totals
 from pipelines.chaos.runner import run_chaos
 from pipelines.cli import app
+from pipelines.cli import chaos as chaos_command
+from pipelines.collector.segment import SEGMENT_NAMESPACE
 from tests.conftest import make_settings
 
 NOW_MS = 1_795_000_000_000
@@ -160,9 +163,6 @@ def test_hostile_accounting_finds_each_event_where_its_answer_put_it(tmp_path: P
 
 
 def test_segment_order_lines_are_found_by_their_derived_ids(tmp_path: Path) -> None:
-    import uuid
-
-    from pipelines.collector.segment import SEGMENT_NAMESPACE
 
     settings = make_settings(tmp_path)
     topics = settings.kafka.topics
@@ -194,15 +194,13 @@ def _cli(
     monkeypatch: pytest.MonkeyPatch, results: list[ChaosResult], *args: str
 ) -> tuple[Result, list[dict[str, object]]]:
     """``lakehouse chaos`` with the parts replaced by ``results``; also returns the calls."""
-    from pipelines.chaos import runner
-
     calls: list[dict[str, object]] = []
 
     def fake_run(workdir: Path, **kwargs: object) -> list[ChaosResult]:
         calls.append({"workdir": workdir, **kwargs})
         return results
 
-    monkeypatch.setattr(runner, "run_chaos", fake_run)
+    monkeypatch.setattr(chaos_command, "run_chaos", fake_run)
     return CliRunner().invoke(app, ["chaos", "--env", "test", *args]), calls
 
 

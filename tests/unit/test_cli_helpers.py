@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.cli import _normalise_interval, app
+from pipelines.cli import app
+from pipelines.cli.common import normalise_interval
 from pipelines.config import ConfigError
 from tests.conftest import conf_folder
 
@@ -20,12 +21,12 @@ from tests.conftest import conf_folder
     ],
 )
 def test_processing_time_intervals(text: str, expected: str) -> None:
-    assert _normalise_interval(text) == expected
+    assert normalise_interval(text) == expected
 
 
 def test_bad_interval_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="not a duration"):
-        _normalise_interval("soonish")
+        normalise_interval("soonish")
 
 
 def test_every_command_has_help() -> None:

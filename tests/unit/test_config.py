@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.collector.access import WriteKeys
 from pipelines.config import ConfigError, load_settings
 
 BASE = """
@@ -121,7 +122,6 @@ def test_repository_environments_load() -> None:
     # Jobs other than the collector run without its keys; the collector refuses an empty one.
     no_keys = {k: v for k, v in prod_env.items() if not k.startswith("LAKEHOUSE_WRITE_KEY")}
     keyless = load_settings("prod", conf_dir=conf, environ=no_keys)
-    from pipelines.collector.access import WriteKeys
 
     with pytest.raises(ConfigError, match=r"collector\.write_keys backend, web is empty"):
         WriteKeys(keyless.collector.write_keys)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from pipelines.contracts import (
 )
 from pipelines.contracts.registry import MAX_EVENT_TIME_MS, event_time_ms, load_json
 from pipelines.contracts.spark_schema import spark_type
+from pipelines.silver.events import event_time
+from pipelines.synthetic.clickstream import ClickstreamGenerator
 
 NOW_MS = 1_795_000_000_000
 
@@ -336,9 +339,6 @@ def test_cli_contracts_check_exit_codes(schemas: Path) -> None:
 
 
 def test_fast_path_agrees_with_the_full_validator(registry: ContractRegistry) -> None:
-    from datetime import UTC, datetime
-
-    from pipelines.synthetic.clickstream import ClickstreamGenerator
 
     generator = ClickstreamGenerator(
         users=100, items=50, seed=9, bad_fraction=0.5, end=datetime(2026, 11, 20, tzinfo=UTC)
@@ -413,7 +413,6 @@ def test_one_event_time_for_the_contract_and_silver(
 ) -> None:
     """Every timestamp the contract accepts is the same instant in silver's ``event_ts``, and
     every one it refuses has no event time in Python: one definition, checked on both sides."""
-    from pipelines.silver.events import event_time
 
     raws = [json.dumps(event(timestamp=value)) for value in EVENT_TIME_CORPUS]
     parsed = spark.createDataFrame([(raw,) for raw in raws], "value string").select(

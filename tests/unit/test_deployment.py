@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines import jobs
+from pipelines import jobs, runtime
+from pipelines.config import ConfigError
+from pipelines.lake.tables import GOLD_ITEM_FEATURES, GOLD_USER_FEATURES
 from pipelines.notebooks import Cell, NotebookError, parse_notebook, run_notebook, widget_names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,7 +117,6 @@ def test_job_notebook_defaults_to_prod_and_exits_with_the_summary(name: str) -> 
 def test_the_tour_reads_settings_through_the_jobs_runtime_and_uses_catalog_names() -> None:
     source = (NOTEBOOKS / "explore_gold.py").read_text()
     assert "jobs.settings_for(" in source and "load_settings(" not in source
-    from pipelines.lake.tables import GOLD_ITEM_FEATURES, GOLD_USER_FEATURES
 
     for spec in (GOLD_USER_FEATURES, GOLD_ITEM_FEATURES):
         assert f"FROM {spec.name}\n" in source
@@ -512,7 +513,6 @@ def test_job_parameters_accept_widget_strings() -> None:
     ],
 )
 def test_bad_job_parameters_name_the_parameter(call: Any, message: str) -> None:
-    from pipelines.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         call(jobs.settings_for("test"))
@@ -532,14 +532,13 @@ def test_bad_job_parameters_name_the_parameter(call: Any, message: str) -> None:
 def test_bad_parameters_fail_before_spark_starts(
     job: str, kwargs: dict[str, str], message: str
 ) -> None:
-    from pipelines.config import ConfigError
 
     def no_spark(_settings: Any) -> Any:
         raise AssertionError("Spark was started before the parameters were checked")
 
     settings = jobs.settings_for("test")
-    runtime = jobs.JobRuntime(load_settings=lambda _env: settings, spark=no_spark)
-    with jobs.job_runtime(runtime), pytest.raises(ConfigError, match=message):
+    factory = runtime.LakehouseFactory(load_settings=lambda _env: settings, spark=no_spark)
+    with runtime.using(factory), pytest.raises(ConfigError, match=message):
         jobs.JOBS[job]("test", **kwargs)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from pyspark.sql.streaming.listener import StreamingQueryProgress
 
 from pipelines.collector.metrics import CollectorMetrics
 from pipelines.config import AlertSettings
-from pipelines.monitoring.alerts import evaluate
+from pipelines.monitoring.alerts import Alert, evaluate, post_webhook
 from pipelines.monitoring.exporter import METRICS
 from pipelines.monitoring.health import Health, QueryHealth, TableHealth
 from pipelines.monitoring.progress import backlog, progress_row
@@ -213,10 +215,6 @@ def test_every_dashboard_panel_queries_exported_metrics() -> None:
 
 
 def test_webhook_posts_the_fired_alerts_as_json() -> None:
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from pipelines.monitoring.alerts import Alert, post_webhook
 
     received: list[dict] = []
 
