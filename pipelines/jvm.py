@@ -17,6 +17,7 @@ afterwards. On Databricks the runtime's own jars are used and nothing here is ne
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -26,8 +27,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
-
-import pyspark
 
 DELTA_VERSION = "4.4.0"
 SPARK_VERSION = "4.2.0"
@@ -93,8 +92,12 @@ def jars_root() -> Path:
 
 
 def pyspark_jars() -> Path:
-
-    return Path(pyspark.__file__).resolve().parent / "jars"
+    """pyspark's own jars folder (found without importing pyspark, which the collector and the
+    broker never need)."""
+    spec = importlib.util.find_spec("pyspark")
+    if spec is None or spec.origin is None:
+        raise JarsMissingError("pyspark is not installed; run `make install`")
+    return Path(spec.origin).resolve().parent / "jars"
 
 
 def jar_set(name: str, root: Path | None = None) -> JarSet:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -18,12 +16,11 @@ from pipelines.cli.common import (
     out,
 )
 from pipelines.contracts import (
-    ContractError,
     ContractRegistry,
-    check_compatibility,
-    event_spark_schema,
 )
-from pipelines.contracts.registry import SCHEMAS_DIR, EventContract, flatten_schema
+from pipelines.contracts.compatibility import check_candidate, check_versions
+from pipelines.contracts.registry import SCHEMAS_DIR
+from pipelines.contracts.spark_schema import event_spark_schema
 
 contracts_app = typer.Typer(help="The versioned event contract.", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
@@ -87,27 +84,10 @@ def contracts_check(
     """Reject breaking changes: each version against the previous one (or a candidate against
     the latest). Exits 1 when a change removes or retypes a field or adds a required one."""
     registry = ContractRegistry(schemas_dir)
-    pairs: list[tuple[EventContract, EventContract]] = []
     if candidate is not None:
-        new = _candidate_contract(candidate, registry, event_types)
-        older = [
-            v
-            for v in registry.versions(new.event_type)
-            if registry.get(new.event_type, v).source.resolve() != new.source.resolve()
-        ]
-        if not older:
-            raise ContractError(
-                f"no earlier version of {new.event_type} to compare {candidate} with"
-            )
-        pairs.append((registry.get(new.event_type, max(older)), new))
+        reports = [check_candidate(registry, candidate, event_types[0] if event_types else None)]
     else:
-        for event_type in event_types or registry.event_types:
-            versions = registry.versions(event_type)
-            pairs += [
-                (registry.get(event_type, a), registry.get(event_type, b))
-                for a, b in itertools.pairwise(versions)
-            ]
-    reports = [check_compatibility(old, new) for old, new in pairs]
+        reports = check_versions(registry, event_types or registry.event_types)
     breaking = any(not r.ok for r in reports)
     if as_json:
         print(json.dumps({"ok": not breaking, "checks": [r.__dict__ for r in reports]}))
@@ -125,21 +105,3 @@ def contracts_check(
                 out.print(f"  [green]✓[/] {change}", highlight=False)
     if breaking:
         raise typer.Exit(1)
-
-
-def _candidate_contract(
-    path: Path, registry: ContractRegistry, event_types: list[str] | None
-) -> EventContract:
-    if not path.is_file():
-        raise ContractError(f"candidate schema {path} does not exist")
-    flat = flatten_schema(path)
-    declared = flat.get("properties", {}).get("event_type", {}).get("const")
-    event_type = event_types[0] if event_types else (declared or path.parent.name)
-    if event_type not in registry.event_types:
-        raise ContractError(
-            f"cannot tell which event type {path} is for; pass it as an argument "
-            f"(known: {', '.join(registry.event_types)})"
-        )
-    match = re.match(r"v(\d+)\.json$", path.name)
-    version = int(match.group(1)) if match else max(registry.versions(event_type)) + 1
-    return EventContract(event_type, version, flat, path)

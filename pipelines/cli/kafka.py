@@ -6,10 +6,10 @@ import json
 import signal
 import sys
 import threading
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rich.table import Table
 
 from pipelines.cli.common import (
@@ -19,13 +19,13 @@ from pipelines.cli.common import (
     friendly_errors,
     out,
 )
+from pipelines.kafka.topics import topic_counts
 from pipelines.runtime import lakehouse
 from pipelines.streaming.kafka import (
     EmbeddedKafkaError,
     KafkaUnavailableError,
     embedded_broker,
     embedded_data_dir,
-    resolve_bootstrap,
     write_embedded_state,
 )
 
@@ -99,32 +99,9 @@ def kafka_serve(
 @friendly_errors
 def kafka_topics(env: EnvOption = None, as_json: JsonOption = False) -> None:
     """List topics with their partitions and message counts (high - low watermark)."""
-
     lake = lakehouse(env)
-    settings = lake.settings
-    servers = resolve_bootstrap(settings)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": servers,
-            "group.id": "lakehouse-cli",
-            "log_level": 3,
-            **settings.kafka.security.client_config(),
-        }
-    )
-    try:
-        metadata = consumer.list_topics(timeout=settings.kafka.consumer.metadata_timeout_s)
-    except KafkaException as exc:
-        raise KafkaUnavailableError(f"Kafka brokers {servers} did not answer: {exc}") from None
-    rows = []
-    for name in sorted(metadata.topics):
-        if name.startswith("__"):
-            continue
-        parts = metadata.topics[name].partitions
-        marks = [consumer.get_watermark_offsets(TopicPartition(name, p), timeout=5) for p in parts]
-        rows.append(
-            {"topic": name, "partitions": len(parts), "messages": sum(h - lo for lo, h in marks)}
-        )
-    consumer.close()
+    servers = lake.kafka_bootstrap()
+    rows = [asdict(count) for count in topic_counts(lake.settings, servers)]
     if as_json:
         print(json.dumps({"bootstrap_servers": servers, "topics": rows}))
         return

@@ -1,8 +1,10 @@
-"""Versioned event contracts: JSON Schemas, their registry, and derived Spark schemas."""
+"""Versioned event contracts: JSON Schemas, their registry and compatibility rules.
 
-from typing import Any
+The Spark schemas derived from them (``pipelines.contracts.spark_schema``) and the rules compiled
+to Spark expressions (``pipelines.contracts.spark_rules``) are imported from their own modules:
+they need pyspark, which the tracking SDK and the collector, which use only the registry, do not.
+"""
 
-from pipelines.contracts import spark_schema
 from pipelines.contracts.compatibility import CompatibilityReport, check_compatibility
 from pipelines.contracts.registry import (
     SCHEMAS_DIR,
@@ -13,17 +15,6 @@ from pipelines.contracts.registry import (
     event_time_ms,
 )
 
-# The Spark schemas import pyspark, which apps using only the SDK or the collector should not
-# pay for (about a second); they load on first use.
-_SPARK = ("event_spark_schema", "unified_event_schema")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _SPARK:
-        return getattr(spark_schema, name)
-    raise AttributeError(f"module 'pipelines.contracts' has no attribute {name!r}")
-
-
 __all__ = [
     "SCHEMAS_DIR",
     "CompatibilityReport",
@@ -32,7 +23,5 @@ __all__ = [
     "EventContract",
     "Violation",
     "check_compatibility",
-    "event_spark_schema",
     "event_time_ms",
-    "unified_event_schema",
 ]

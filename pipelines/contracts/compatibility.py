@@ -7,10 +7,19 @@ stricter. Compatible: new optional fields, enum values added, descriptions and b
 
 from __future__ import annotations
 
+import itertools
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pipelines.contracts.registry import EventContract
+from pipelines.contracts.registry import (
+    ContractError,
+    ContractRegistry,
+    EventContract,
+    flatten_schema,
+)
 
 
 @dataclass
@@ -31,6 +40,60 @@ def check_compatibility(old: EventContract, new: EventContract) -> Compatibility
     report = CompatibilityReport(old.event_type, old.version, new.version)
     _compare(old.schema, new.schema, "", report)
     return report
+
+
+def check_versions(
+    registry: ContractRegistry, event_types: Iterable[str]
+) -> list[CompatibilityReport]:
+    """Each registered version of ``event_types`` against the version before it."""
+    reports = []
+    for event_type in event_types:
+        for old, new in itertools.pairwise(registry.versions(event_type)):
+            reports.append(
+                check_compatibility(registry.get(event_type, old), registry.get(event_type, new))
+            )
+    return reports
+
+
+def check_candidate(
+    registry: ContractRegistry, path: Path, event_type: str | None = None
+) -> CompatibilityReport:
+    """A proposed schema file against the latest registered version of its event type (named,
+    or read from the file's ``event_type`` const, or from its folder's name).
+
+    Raises:
+        ContractError: the file is missing, its event type unknown, or there is nothing earlier
+            to compare it with.
+    """
+    new = candidate_contract(registry, path, event_type)
+    older = [
+        v
+        for v in registry.versions(new.event_type)
+        if registry.get(new.event_type, v).source.resolve() != new.source.resolve()
+    ]
+    if not older:
+        raise ContractError(f"no earlier version of {new.event_type} to compare {path} with")
+    return check_compatibility(registry.get(new.event_type, max(older)), new)
+
+
+def candidate_contract(
+    registry: ContractRegistry, path: Path, event_type: str | None = None
+) -> EventContract:
+    """The contract a proposed schema file would register (version from its ``v<N>.json`` name,
+    else the next one)."""
+    if not path.is_file():
+        raise ContractError(f"candidate schema {path} does not exist")
+    flat = flatten_schema(path)
+    declared = flat.get("properties", {}).get("event_type", {}).get("const")
+    event_type = event_type or declared or path.parent.name
+    if event_type not in registry.event_types:
+        raise ContractError(
+            f"cannot tell which event type {path} is for; pass it as an argument "
+            f"(known: {', '.join(registry.event_types)})"
+        )
+    match = re.match(r"v(\d+)\.json$", path.name)
+    version = int(match.group(1)) if match else max(registry.versions(event_type)) + 1
+    return EventContract(event_type, version, flat, path)
 
 
 def _compare(

@@ -91,7 +91,8 @@ BRONZE_EVENTS_RAW = TableSpec(
 
 def _silver_events_schema() -> StructType:
     # Typed event fields come from the event contract (every type and version, unified).
-    from pipelines.contracts import ContractRegistry, unified_event_schema
+    from pipelines.contracts import ContractRegistry
+    from pipelines.contracts.spark_schema import unified_event_schema
 
     event = {f.name: f for f in unified_event_schema(ContractRegistry()).fields}
     typed = [

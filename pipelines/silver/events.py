@@ -11,8 +11,9 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, StringType
 
-from pipelines.contracts import ContractRegistry, unified_event_schema
+from pipelines.contracts import ContractRegistry
 from pipelines.contracts.registry import MAX_EVENT_TIME_MS, RFC3339_DATE_TIME
+from pipelines.contracts.spark_schema import unified_event_schema
 from pipelines.lake.tables import SILVER_EVENTS, SILVER_QUARANTINE
 
 # Parses every event type and version; derived from the contract files, never retyped.
