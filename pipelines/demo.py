@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 from pipelines.bronze.job import run_bronze
 from pipelines.collector import BackgroundCollector
 from pipelines.config import Settings, TriggerSettings
-from pipelines.gold.job import gold_snapshot_validator, gold_suite_gate, run_gold
+from pipelines.gold.job import run_gold
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import Snapshots
 from pipelines.lake.tables import (
@@ -39,7 +39,8 @@ from pipelines.lake.tables import (
 from pipelines.monitoring.alerts import evaluate
 from pipelines.monitoring.health import lake_health
 from pipelines.quality.report import accounting_report, latest_results
-from pipelines.silver.job import run_silver, silver_suite_validator
+from pipelines.runtime import Lakehouse
+from pipelines.silver.job import run_silver
 from pipelines.silver.sessions_job import run_sessions
 from pipelines.streaming.kafka import embedded_broker
 from pipelines.synthetic.clickstream import ClickstreamGenerator
@@ -81,13 +82,10 @@ def reset_demo_state(settings: Settings) -> list[str]:
     return removed
 
 
-def run_demo(
-    settings: Settings,
-    spark_factory: Callable[[Settings], SparkSession],
-    hooks: DemoHooks | None = None,
-) -> dict[str, Any]:
+def run_demo(lake: Lakehouse, hooks: DemoHooks | None = None) -> dict[str, Any]:
     """Run the demo and return its summary (the CLI prints it, ``--json`` as one object)."""
     hooks = hooks or DemoHooks()
+    settings = lake.settings
     demo = settings.demo
     started = time.perf_counter()
     removed = reset_demo_state(settings)
@@ -118,7 +116,7 @@ def run_demo(
         edge = collector.collector.metrics.event_totals()
 
         hooks.stage("starting Spark")
-        spark = spark_factory(settings)
+        spark = lake.spark
         hooks.stage("running bronze (Kafka -> bronze.events_raw, available-now)")
         t0 = time.perf_counter()
         seen = [0]
@@ -134,6 +132,7 @@ def run_demo(
             broker.bootstrap_servers,
             trigger=TriggerSettings(mode="available-now"),
             on_progress=progress,
+            monitor=lake.monitor,
         )
         bronze_s = time.perf_counter() - t0
 
@@ -147,34 +146,33 @@ def run_demo(
             hooks.silver_rows(done - seen_silver[0])
             seen_silver[0] = done
 
-    catalog = Catalog.for_settings(settings)
-    validator = (
-        silver_suite_validator(settings, catalog)
-        if settings.quality.great_expectations.enabled
-        else None
-    )
+    catalog = lake.catalog
     available_now = TriggerSettings(mode="available-now")
     silver = run_silver(
-        spark, settings, trigger=available_now, validator=validator, on_progress=silver_progress
+        spark,
+        settings,
+        trigger=available_now,
+        validator=lake.silver_validator(),
+        on_progress=silver_progress,
+        monitor=lake.monitor,
     )
     silver_s = time.perf_counter() - t0
     hooks.stage("running sessions (30-minute inactivity gap, incremental MERGE)")
     t0 = time.perf_counter()
-    sessions = run_sessions(spark, settings, trigger=available_now)
+    sessions = run_sessions(spark, settings, trigger=available_now, monitor=lake.monitor)
     sessions_s = time.perf_counter() - t0
     hooks.stage("running gold (user and item features, gated by their suites)")
     t0 = time.perf_counter()
-    gate = (
-        gold_suite_gate(settings, catalog) if settings.quality.great_expectations.enabled else None
+    gold = run_gold(
+        spark, settings, trigger=available_now, gate=lake.gold_gate(), monitor=lake.monitor
     )
-    gold = run_gold(spark, settings, trigger=available_now, gate=gate)
     gold_s = time.perf_counter() - t0
     hooks.stage("creating snapshot 'demo' and a point-in-time training set")
     snapshot = Snapshots(catalog).create(
         DEMO_SNAPSHOT,
         DEFAULT_SNAPSHOT_TABLES,
         "created by lakehouse demo",
-        gold_snapshot_validator(spark, settings, catalog, DEMO_SNAPSHOT),
+        lake.snapshot_validator(DEMO_SNAPSHOT, enabled=True),
         spark=spark,
     )
     hooks.stage("training the recommender from snapshot 'demo' (MLflow, registry, champion)")

@@ -85,7 +85,9 @@ def bronze(
     settings = lake.settings
     chosen, timeout_s = _trigger(settings, trigger, interval), _number("timeout", timeout)
     servers = resolve_bootstrap(settings)
-    run = run_bronze(lake.spark, settings, servers, trigger=chosen, timeout_s=timeout_s)
+    run = run_bronze(
+        lake.spark, settings, servers, trigger=chosen, timeout_s=timeout_s, monitor=lake.monitor
+    )
     return _summary(
         "bronze",
         settings,
@@ -117,7 +119,14 @@ def silver(
     chosen, timeout_s = _trigger(settings, trigger, interval), _number("timeout", timeout)
     gx = lake.great_expectations
     validator = lake.silver_validator()
-    run = run_silver(lake.spark, settings, trigger=chosen, validator=validator, timeout_s=timeout_s)
+    run = run_silver(
+        lake.spark,
+        settings,
+        trigger=chosen,
+        validator=validator,
+        timeout_s=timeout_s,
+        monitor=lake.monitor,
+    )
     return _summary(
         "silver",
         settings,
@@ -143,7 +152,9 @@ def sessions(
     lake = lakehouse(_text("env", env))
     settings = lake.settings
     chosen, timeout_s = _trigger(settings, trigger, interval), _number("timeout", timeout)
-    run = run_sessions(lake.spark, settings, trigger=chosen, timeout_s=timeout_s)
+    run = run_sessions(
+        lake.spark, settings, trigger=chosen, timeout_s=timeout_s, monitor=lake.monitor
+    )
     return _summary(
         "sessions",
         settings,
@@ -170,7 +181,9 @@ def gold(
     chosen, timeout_s = _trigger(settings, trigger, interval), _number("timeout", timeout)
     gx = lake.great_expectations
     gate = lake.gold_gate()
-    run = run_gold(lake.spark, settings, trigger=chosen, gate=gate, timeout_s=timeout_s)
+    run = run_gold(
+        lake.spark, settings, trigger=chosen, gate=gate, timeout_s=timeout_s, monitor=lake.monitor
+    )
     stats = run.stats
     return _summary(
         "gold",

@@ -29,6 +29,7 @@ from pipelines.contracts import ContractRegistry
 from pipelines.gold.job import GoldGate, gold_snapshot_validator, gold_suite_gate
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import Validator as SnapshotValidator
+from pipelines.monitoring.progress import ProgressRecorder, progress_recorder
 from pipelines.silver.job import BatchValidator, silver_suite_validator
 from pipelines.spark import build_spark
 from pipelines.streaming.kafka import resolve_bootstrap
@@ -51,6 +52,12 @@ class Lakehouse:
     @cached_property
     def catalog(self) -> Catalog:
         return Catalog.for_settings(self.settings)
+
+    @cached_property
+    def monitor(self) -> ProgressRecorder:
+        """Records every query's progress into ``monitoring.query_progress`` (a listener on the
+        session, registered once); the jobs are handed it when they start their queries."""
+        return progress_recorder(self.spark, self.catalog)
 
     @cached_property
     def contracts(self) -> ContractRegistry:

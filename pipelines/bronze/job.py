@@ -15,7 +15,7 @@ from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import BRONZE_EVENTS_RAW
 from pipelines.streaming.delta import BatchWriteStats
 from pipelines.streaming.kafka import check_reachable, client_config
-from pipelines.streaming.queries import await_query, start_table_stream
+from pipelines.streaming.queries import QueryMonitor, await_query, start_table_stream
 from pipelines.streaming.sinks import append_handler, ensure_table
 from pipelines.streaming.sources import kafka_stream
 
@@ -46,6 +46,7 @@ def start_bronze(
     settings: Settings,
     bootstrap_servers: str,
     trigger: TriggerSettings | None = None,
+    monitor: QueryMonitor | None = None,
 ) -> tuple[StreamingQuery, BronzeStats]:
     """Start the bronze query and return it without waiting (see ``run_bronze``).
 
@@ -75,6 +76,7 @@ def start_bronze(
         table=BRONZE_EVENTS_RAW.name,
         handler=handler,
         trigger=trigger or settings.streaming.trigger,
+        monitor=monitor,
     )
     return query, stats
 
@@ -87,6 +89,7 @@ def run_bronze(
     trigger: TriggerSettings | None = None,
     on_progress: Callable[[StreamingQuery, BatchWriteStats], None] | None = None,
     timeout_s: float | None = None,
+    monitor: QueryMonitor | None = None,
 ) -> BronzeRun:
     """Run the bronze query: drain and return (available-now) or run until stopped.
 
@@ -95,11 +98,12 @@ def run_bronze(
         DataLossError: Kafka lost unread offsets and ``fail_on_data_loss`` is true.
         StreamingJobError: the query failed.
     """
-    query, stats = start_bronze(spark, settings, bootstrap_servers, trigger)
+    query, stats = start_bronze(spark, settings, bootstrap_servers, trigger, monitor)
     await_query(
         query,
         on_progress=(lambda q: on_progress(q, stats)) if on_progress else None,
         timeout_s=timeout_s,
+        monitor=monitor,
     )
     return BronzeRun(
         stats=stats,

@@ -73,7 +73,7 @@ def demo(
             bronze_rows=lambda n: progress.advance(landed, n),
             silver_rows=lambda n: progress.advance(gated, n),
         )
-        summary = run_demo(settings, lake.spark_factory, hooks)
+        summary = run_demo(lake, hooks)
     if as_json:
         print(json.dumps(summary, default=str))
         return

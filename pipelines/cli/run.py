@@ -72,7 +72,13 @@ def run_bronze_cmd(
             )
 
         run = run_bronze(
-            spark, settings, servers, trigger=trigger, on_progress=progress, timeout_s=timeout
+            spark,
+            settings,
+            servers,
+            trigger=trigger,
+            on_progress=progress,
+            timeout_s=timeout,
+            monitor=lake.monitor,
         )
     summary = {
         "table": "bronze.events_raw",
@@ -134,6 +140,7 @@ def run_silver_cmd(
             validator=validator,
             on_progress=progress,
             timeout_s=timeout,
+            monitor=lake.monitor,
         )
 
     summary = run.stats.summary() | {
@@ -172,7 +179,9 @@ def run_sessions_cmd(
     spark = lake.spark
     console = err if as_json else out
     with console.status(f"sessions: {trigger.mode} from silver.events"):
-        run = run_sessions(spark, settings, trigger=trigger, timeout_s=timeout)
+        run = run_sessions(
+            spark, settings, trigger=trigger, timeout_s=timeout, monitor=lake.monitor
+        )
     summary = {**run.stats.__dict__, "table_version": run.table_version, "query_id": run.query_id}
     if as_json:
         print(json.dumps(summary))
@@ -205,7 +214,9 @@ def run_gold_cmd(
     gate = lake.gold_gate() if gx else None
     console = err if as_json else out
     with console.status(f"gold: {trigger.mode} from silver.events"):
-        run = run_gold(spark, settings, trigger=trigger, gate=gate, timeout_s=timeout)
+        run = run_gold(
+            spark, settings, trigger=trigger, gate=gate, timeout_s=timeout, monitor=lake.monitor
+        )
     summary = {
         "batches_published": run.stats.batches_published,
         "batches_rejected": run.stats.batches_rejected,

@@ -46,7 +46,7 @@ from pipelines.lake.tables import (
     TableSpec,
 )
 from pipelines.streaming.delta import BatchHandler, conform, query_id_from_checkpoint
-from pipelines.streaming.queries import StepClock, await_query, start_table_stream
+from pipelines.streaming.queries import QueryMonitor, StepClock, await_query, start_table_stream
 from pipelines.streaming.sinks import ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
 
@@ -238,6 +238,7 @@ def start_gold(
     *,
     trigger: TriggerSettings | None = None,
     gate: GoldGate | None = None,
+    monitor: QueryMonitor | None = None,
 ) -> tuple[StreamingQuery, GoldStats]:
     """Start the gold query and return it without waiting (see ``run_gold``)."""
     catalog = Catalog.for_settings(settings)
@@ -265,6 +266,7 @@ def start_gold(
         table=GOLD_USER_FEATURES.name,
         handler=handler,
         trigger=trigger or settings.streaming.trigger,
+        monitor=monitor,
     )
     return query, stats
 
@@ -277,13 +279,15 @@ def run_gold(
     gate: GoldGate | None = None,
     on_progress: Callable[[StreamingQuery, GoldStats], None] | None = None,
     timeout_s: float | None = None,
+    monitor: QueryMonitor | None = None,
 ) -> GoldRun:
     """Run the gold query over the silver change feed."""
-    query, stats = start_gold(spark, settings, trigger=trigger, gate=gate)
+    query, stats = start_gold(spark, settings, trigger=trigger, gate=gate, monitor=monitor)
     await_query(
         query,
         on_progress=(lambda q: on_progress(q, stats)) if on_progress else None,
         timeout_s=timeout_s,
+        monitor=monitor,
     )
     catalog = Catalog.for_settings(settings)
     versions = {spec.name: catalog.delta_table(spec.name).version() for spec in _TABLES}

@@ -21,7 +21,6 @@ from typing import Any
 
 import pyarrow as pa
 from pyspark.sql import SparkSession
-from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.streaming.listener import (
     QueryIdleEvent,
     QueryProgressEvent,
@@ -185,6 +184,14 @@ class ProgressRecorder(StreamingQueryListener):
         self.recorded += len(rows)
         return len(rows)
 
+    def settle(self, query_id: str, timeout_s: float = 30.0) -> None:
+        """After the query ended: wait until its last progress rows are committed."""
+        if not self.watching(query_id):
+            return
+        if not self.wait_terminated(query_id, timeout_s):
+            log.warning("progress of query %s not settled after %.0fs", query_id, timeout_s)
+        self.flush()
+
     def wait_terminated(self, query_id: str, timeout_s: float = 30.0) -> bool:
         """Wait until the listener has seen ``query_id`` terminate (and flushed its rows)."""
         with self._changed:
@@ -204,22 +211,6 @@ def progress_recorder(spark: SparkSession, catalog: Catalog) -> ProgressRecorder
             recorder = _RECORDERS[key] = ProgressRecorder(spark, catalog)
             spark.streams.addListener(recorder)
         return recorder
-
-
-def watch_query(spark: SparkSession, query: StreamingQuery, catalog: Catalog) -> None:
-    """Record ``query``'s progress into ``catalog``'s lake (called right after start)."""
-    recorder = progress_recorder(spark, catalog)
-    recorder.watch(str(query.id))
-
-
-def settle_query(query: StreamingQuery, timeout_s: float = 30.0) -> None:
-    """After ``query`` ended: wait until its last progress rows are committed."""
-    query_id = str(query.id)
-    for recorder in list(_RECORDERS.values()):
-        if recorder.watching(query_id):
-            if not recorder.wait_terminated(query_id, timeout_s):
-                log.warning("progress of query %s not settled after %.0fs", query_id, timeout_s)
-            recorder.flush()
 
 
 def _parsed(offset: Any) -> Any:

@@ -63,7 +63,7 @@ from pipelines.silver.events import (
     silver_events,
 )
 from pipelines.streaming.delta import BatchHandler, query_id_from_checkpoint
-from pipelines.streaming.queries import StepClock, await_query, start_table_stream
+from pipelines.streaming.queries import QueryMonitor, StepClock, await_query, start_table_stream
 from pipelines.streaming.sinks import AppendResult, ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
 
@@ -224,6 +224,7 @@ def start_silver(
     trigger: TriggerSettings | None = None,
     validator: BatchValidator | None = None,
     rule_set: RuleSet | None = None,
+    monitor: QueryMonitor | None = None,
 ) -> tuple[StreamingQuery, SilverStats]:
     """Start the silver query and return it without waiting (see ``run_silver``)."""
     catalog = Catalog.for_settings(settings)
@@ -253,6 +254,7 @@ def start_silver(
         table=SILVER_EVENTS.name,
         handler=handler,
         trigger=trigger or settings.streaming.trigger,
+        monitor=monitor,
     )
     return query, stats
 
@@ -266,6 +268,7 @@ def run_silver(
     on_progress: Callable[[StreamingQuery, SilverStats], None] | None = None,
     timeout_s: float | None = None,
     rule_set: RuleSet | None = None,
+    monitor: QueryMonitor | None = None,
 ) -> SilverRun:
     """Run the silver query: drain bronze and return (available-now) or run until stopped.
 
@@ -274,12 +277,13 @@ def run_silver(
         QualityConfigError: the rule file is wrong.
     """
     query, stats = start_silver(
-        spark, settings, trigger=trigger, validator=validator, rule_set=rule_set
+        spark, settings, trigger=trigger, validator=validator, rule_set=rule_set, monitor=monitor
     )
     await_query(
         query,
         on_progress=(lambda q: on_progress(q, stats)) if on_progress else None,
         timeout_s=timeout_s,
+        monitor=monitor,
     )
     catalog = Catalog.for_settings(settings)
     return SilverRun(

@@ -30,7 +30,7 @@ from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import SILVER_EVENTS, SILVER_SESSIONS
 from pipelines.silver.sessions import recompute_windows, session_changes, sessions
 from pipelines.streaming.delta import BatchHandler, query_id_from_checkpoint
-from pipelines.streaming.queries import await_query, start_table_stream
+from pipelines.streaming.queries import QueryMonitor, await_query, start_table_stream
 from pipelines.streaming.sinks import ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
 
@@ -120,6 +120,7 @@ def run_sessions(
     trigger: TriggerSettings | None = None,
     on_progress: Callable[[StreamingQuery, SessionStats], None] | None = None,
     timeout_s: float | None = None,
+    monitor: QueryMonitor | None = None,
 ) -> SessionsRun:
     """Run the sessions query over the silver change feed."""
     catalog = Catalog.for_settings(settings)
@@ -143,11 +144,13 @@ def run_sessions(
         table=SILVER_SESSIONS.name,
         handler=handler,
         trigger=trigger or settings.streaming.trigger,
+        monitor=monitor,
     )
     await_query(
         query,
         on_progress=(lambda q: on_progress(q, stats)) if on_progress else None,
         timeout_s=timeout_s,
+        monitor=monitor,
     )
     return SessionsRun(stats, str(query.id), catalog.delta_table(SILVER_SESSIONS.name).version())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame
@@ -16,8 +17,16 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.config import TriggerSettings
 from pipelines.lake.catalog import Catalog
-from pipelines.monitoring.progress import settle_query, watch_query
 from pipelines.streaming.delta import BatchHandler
+
+
+class QueryMonitor(Protocol):
+    """Something that watches queries (e.g. ``monitoring.progress.ProgressRecorder``): told of
+    each query right after it starts, and asked to settle once it has ended."""
+
+    def watch(self, query_id: str) -> None: ...
+
+    def settle(self, query_id: str) -> None: ...
 
 
 class StreamingJobError(RuntimeError):
@@ -31,8 +40,10 @@ def start_table_stream(
     table: str,
     handler: BatchHandler,
     trigger: TriggerSettings,
+    monitor: QueryMonitor | None = None,
 ) -> StreamingQuery:
-    """Start ``frame`` into ``handler`` with the checkpoint at ``<checkpoint root>/<table>``."""
+    """Start ``frame`` into ``handler`` with the checkpoint at ``<checkpoint root>/<table>``,
+    watched by ``monitor`` if given."""
     writer = (
         frame.writeStream.queryName(table.replace(".", "_"))
         .option("checkpointLocation", catalog.checkpoint(table))
@@ -43,7 +54,8 @@ def start_table_stream(
     else:
         writer = writer.trigger(processingTime=trigger.interval)
     query = writer.start()
-    watch_query(frame.sparkSession, query, catalog)
+    if monitor is not None:
+        monitor.watch(str(query.id))
     return query
 
 
@@ -53,8 +65,10 @@ def await_query(
     on_progress: Callable[[StreamingQuery], None] | None = None,
     timeout_s: float | None = None,
     poll_s: int = 1,
+    monitor: QueryMonitor | None = None,
 ) -> None:
-    """Wait until the query ends (available-now) or ``timeout_s`` passes / Ctrl-C (continuous).
+    """Wait until the query ends (available-now) or ``timeout_s`` passes / Ctrl-C (continuous);
+    then let ``monitor`` settle (record the query's last progress).
 
     Raises:
         StreamingJobError: the query failed.
@@ -74,7 +88,8 @@ def await_query(
         raise StreamingJobError(_reason(exc)) from None
     if on_progress is not None:
         on_progress(query)
-    settle_query(query)
+    if monitor is not None:
+        monitor.settle(str(query.id))
     failure = query.exception()
     if failure is not None:
         raise StreamingJobError(_reason(failure))

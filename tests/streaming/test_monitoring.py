@@ -23,6 +23,7 @@ from pipelines.lake.tables import MONITORING_QUERY_PROGRESS, SILVER_EVENTS
 from pipelines.monitoring.alerts import evaluate
 from pipelines.monitoring.exporter import HealthCollector, serve_metrics
 from pipelines.monitoring.health import collect_health
+from pipelines.monitoring.progress import progress_recorder
 from pipelines.monitoring.report import build_report
 from pipelines.silver.job import run_silver
 from pipelines.streaming.delta import BatchWriteStats
@@ -60,9 +61,12 @@ def test_every_micro_batch_is_recorded_and_a_quarantine_spike_fires_its_alert(
     settings = settings_for(tmp_path, kafka_broker, per_trigger=450)
     generator = ClickstreamGenerator(users=50, items=30, seed=11, bad_fraction=0.3)
     publish_clickstream(generator, 1_200, settings.kafka, kafka_broker.bootstrap_servers)
-    bronze = run_bronze(spark, settings, kafka_broker.bootstrap_servers, trigger=AVAILABLE_NOW)
-    silver = run_silver(spark, settings, trigger=AVAILABLE_NOW)
     catalog = Catalog.for_settings(settings)
+    monitor = progress_recorder(spark, catalog)
+    bronze = run_bronze(
+        spark, settings, kafka_broker.bootstrap_servers, trigger=AVAILABLE_NOW, monitor=monitor
+    )
+    silver = run_silver(spark, settings, trigger=AVAILABLE_NOW, monitor=monitor)
 
     rows = progress_rows(catalog)
     by_query: dict[str, list[int]] = {}
@@ -182,6 +186,7 @@ def test_a_query_that_stops_with_records_waiting_fires_the_stalled_alert(
         trigger=slow,
         on_progress=stop_after_first_batch,
         timeout_s=120,
+        monitor=progress_recorder(spark, Catalog.for_settings(settings)),
     )
     assert run.stats.batches_written == 1
     catalog = Catalog.for_settings(settings)
