@@ -20,28 +20,26 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.bronze.job import run_bronze
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.collector import BackgroundCollector
 from pipelines.config import Settings, TriggerSettings
 from pipelines.gold.job import run_gold
-from pipelines.lake.catalog import Catalog
-from pipelines.lake.snapshots import Snapshots
-from pipelines.lake.tables import (
-    BRONZE_EVENTS_RAW,
+from pipelines.gold.tables import (
     GOLD_ITEM_FEATURES,
     GOLD_ITEM_FEATURES_HISTORY,
     GOLD_USER_FEATURES,
     GOLD_USER_FEATURES_HISTORY,
-    MONITORING_QUERY_PROGRESS,
-    SILVER_EVENTS,
-    SILVER_QUARANTINE,
-    SILVER_SESSIONS,
 )
+from pipelines.lake.catalog import Catalog
+from pipelines.lake.snapshots import Snapshots
 from pipelines.monitoring.alerts import evaluate
 from pipelines.monitoring.health import lake_health
+from pipelines.monitoring.tables import MONITORING_QUERY_PROGRESS
 from pipelines.quality.report import accounting_report, latest_results
 from pipelines.runtime import Lakehouse
 from pipelines.silver.job import run_silver
 from pipelines.silver.sessions_job import run_sessions
+from pipelines.silver.tables import SILVER_EVENTS, SILVER_QUARANTINE, SILVER_SESSIONS
 from pipelines.streaming.kafka import embedded_broker
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import track_clickstream

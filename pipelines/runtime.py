@@ -33,6 +33,7 @@ from pipelines.monitoring.progress import ProgressRecorder, progress_recorder
 from pipelines.silver.job import BatchValidator, silver_suite_validator
 from pipelines.spark import build_spark
 from pipelines.streaming.kafka import resolve_bootstrap
+from pipelines.tables import LAKE_TABLES
 
 SparkFactory = Callable[[Settings], SparkSession]
 
@@ -51,7 +52,7 @@ class Lakehouse:
 
     @cached_property
     def catalog(self) -> Catalog:
-        return Catalog.for_settings(self.settings)
+        return Catalog.for_settings(self.settings, LAKE_TABLES)
 
     @cached_property
     def monitor(self) -> ProgressRecorder:

@@ -24,6 +24,7 @@ from pipelines.config import Settings
 from pipelines.contracts.spark_rules import JSON_READER_CONF
 from pipelines.jvm import PROBE_CLASSES, jar_set
 from pipelines.lake.catalog import Catalog
+from pipelines.tables import LAKE_TABLES
 
 _LOG4J = Path(__file__).with_name("log4j2.properties")
 
@@ -48,7 +49,7 @@ def build_spark(settings: Settings, app_name: str | None = None) -> SparkSession
         session = SparkSession.builder.getOrCreate()
         for key, value in {**JSON_READER_CONF, **spark_settings.conf}.items():
             session.conf.set(key, value)
-        Catalog.for_settings(settings).register_all(session)
+        Catalog.for_settings(settings, LAKE_TABLES).register_all(session)
         return session
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -61,7 +62,7 @@ def build_spark(settings: Settings, app_name: str | None = None) -> SparkSession
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(spark_settings.log_level)
-    Catalog.for_settings(settings).register_all(spark)
+    Catalog.for_settings(settings, LAKE_TABLES).register_all(spark)
     return spark
 
 

@@ -29,15 +29,16 @@ from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.bronze.job import start_bronze
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.config import Settings, StorageSettings, TriggerSettings
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import BRONZE_EVENTS_RAW
 from pipelines.streaming.kafka import embedded_broker
 from pipelines.streaming.queries import await_query
 from pipelines.streaming.sinks import ensure_table
 from pipelines.streaming.sources import kafka_stream
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import publish_clickstream
+from pipelines.tables import LAKE_TABLES
 
 AVAILABLE_NOW = TriggerSettings(mode="available-now")
 
@@ -77,14 +78,14 @@ def bench_bronze(
         stage("(b) bronze query: format('kafka') -> bronze.events_raw (delta-spark)")
         # The table exists before the clock starts, as in a deployed lake: its one-time CREATE
         # is not ingest throughput (the Spark read has no table to create either).
-        ensure_table(spark, Catalog(measured.storage), BRONZE_EVENTS_RAW)
+        ensure_table(spark, Catalog(measured.storage, LAKE_TABLES), BRONZE_EVENTS_RAW)
         t0 = time.perf_counter()
         query, stats = start_bronze(spark, measured, bootstrap, AVAILABLE_NOW)
         await_query(query)
         bronze_s = time.perf_counter() - t0
         breakdown = batch_breakdown(query)
 
-    rows = Catalog(measured.storage).info(BRONZE_EVENTS_RAW.name).rows or 0
+    rows = Catalog(measured.storage, LAKE_TABLES).info(BRONZE_EVENTS_RAW.name).rows or 0
     stage("measuring per-commit Delta overhead (1-row appends, with and without txnAppId)")
     commit_ms = delta_commit_overhead_ms(spark, root / "commit-overhead")
     plain_commit_ms = delta_commit_overhead_ms(spark, root / "commit-plain", idempotent=False)

@@ -30,12 +30,14 @@ from pyspark.sql import functions as F
 from pipelines.bronze.job import start_bronze
 from pipelines.config import Settings, StorageSettings, TriggerSettings
 from pipelines.gold.job import gold_suite_gate, start_gold
+from pipelines.gold.tables import GOLD_USER_FEATURES_HISTORY
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import GOLD_USER_FEATURES_HISTORY, SILVER_EVENTS
 from pipelines.silver.job import start_silver
+from pipelines.silver.tables import SILVER_EVENTS
 from pipelines.streaming.kafka import EventProducer, embedded_broker
 from pipelines.streaming.queries import stop_gracefully
 from pipelines.synthetic.clickstream import ClickstreamGenerator
+from pipelines.tables import LAKE_TABLES
 
 
 def produce_live(settings: Settings, bootstrap: str, rate: int, seconds: float) -> None:
@@ -93,7 +95,10 @@ def bench_freshness(
             "silver": start_silver(spark, lake, trigger=every)[0],
         }
         queries["gold"], gold_stats = start_gold(
-            spark, lake, trigger=every, gate=gold_suite_gate(lake, Catalog(lake.storage))
+            spark,
+            lake,
+            trigger=every,
+            gate=gold_suite_gate(lake, Catalog(lake.storage, LAKE_TABLES)),
         )
         measured_from = datetime.now(tz=UTC).timestamp() + warmup_s
         producer.join()
@@ -104,7 +109,7 @@ def bench_freshness(
         durations = {name: _batch_seconds(q.recentProgress) for name, q in queries.items()}
         gold_steps = gold_stats.timings
 
-    catalog = Catalog(lake.storage)
+    catalog = Catalog(lake.storage, LAKE_TABLES)
     events = (
         catalog.read(spark, SILVER_EVENTS.name)
         .where(F.unix_micros("event_ts") >= int(measured_from * 1_000_000))

@@ -27,15 +27,16 @@ from typing import Any
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.config import Settings, SilverSettings, StorageSettings, TriggerSettings
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import BRONZE_EVENTS_RAW
 from pipelines.silver.events import parsed_events
 from pipelines.silver.job import run_silver, silver_suite_validator
 from pipelines.streaming.queries import await_query
 from pipelines.streaming.sinks import table_writer
 from pipelines.streaming.sources import delta_stream
 from pipelines.synthetic.clickstream import ClickstreamGenerator
+from pipelines.tables import LAKE_TABLES
 
 ROWS_PER_VERSION = 200_000
 
@@ -59,10 +60,10 @@ def bench_silver(
     stage(f"pre-filling bronze: {events:,} events, {bad_fraction:.0%} bad, {per_batch:,}/version")
     generated = _generated_bronze(events, bad_fraction)
     for name in ("silver", "gx"):
-        prefill_bronze(spark, Catalog.for_settings(lakes[name]), generated, per_batch)
+        prefill_bronze(spark, Catalog.for_settings(lakes[name], LAKE_TABLES), generated, per_batch)
     prefill_bronze(
         spark,
-        Catalog.for_settings(lakes["warmup"]),
+        Catalog.for_settings(lakes["warmup"], LAKE_TABLES),
         generated.slice(0, min(events, 20_000)),
         per_batch,
     )
@@ -84,7 +85,7 @@ def bench_silver(
 
     stage("(c) silver query with the Great Expectations suite on every batch")
     gx_settings = lakes["gx"]
-    validator = silver_suite_validator(gx_settings, Catalog(gx_settings.storage))
+    validator = silver_suite_validator(gx_settings, Catalog(gx_settings.storage, LAKE_TABLES))
     t0 = time.perf_counter()
     with_gx = run_silver(spark, gx_settings, trigger=available_now, validator=validator)
     gx_s = time.perf_counter() - t0
@@ -148,7 +149,7 @@ def _generated_bronze(events: int, bad_fraction: float) -> pa.Table:
 
 
 def _parse_only(spark: SparkSession, settings: Settings, checkpoint: Path) -> None:
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
 
     def materialise(batch_df: DataFrame, _batch_id: int) -> None:
         parsed_events(batch_df).write.format("noop").mode("overwrite").save()

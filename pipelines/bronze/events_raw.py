@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.lake.tables import BRONZE_EVENTS_RAW
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 
 
 def bronze_events_raw(kafka_records: DataFrame) -> DataFrame:

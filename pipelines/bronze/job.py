@@ -10,14 +10,15 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.bronze.data_loss import OffsetGap, check_data_loss
 from pipelines.bronze.events_raw import bronze_events_raw
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import BRONZE_EVENTS_RAW
 from pipelines.streaming.delta import BatchWriteStats
 from pipelines.streaming.kafka import check_reachable, client_config
 from pipelines.streaming.queries import QueryMonitor, await_query, start_table_stream
 from pipelines.streaming.sinks import append_handler, ensure_table
 from pipelines.streaming.sources import kafka_stream
+from pipelines.tables import LAKE_TABLES
 
 
 @dataclass
@@ -56,7 +57,7 @@ def start_bronze(
             ``kafka.consumer.fail_on_data_loss`` is true (with false, they are logged and
             reported in ``stats.data_loss``).
     """
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     kafka_conf = client_config(settings.kafka, bootstrap_servers)
     check_reachable(kafka_conf, settings.kafka.consumer.metadata_timeout_s)
     checkpoint = catalog.checkpoint(BRONZE_EVENTS_RAW.name)
@@ -107,7 +108,9 @@ def run_bronze(
     )
     return BronzeRun(
         stats=stats,
-        table_version=Catalog.for_settings(settings).delta_table(BRONZE_EVENTS_RAW.name).version(),
+        table_version=Catalog.for_settings(settings, LAKE_TABLES)
+        .delta_table(BRONZE_EVENTS_RAW.name)
+        .version(),
         query_id=str(query.id),
         run_id=str(query.runId),
     )

@@ -62,25 +62,22 @@ import pyarrow as pa
 import yaml
 
 import pipelines
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.chaos.report import ChaosResult
 from pipelines.config import EVENT_TYPES, Settings, find_conf_dir, load_settings
-from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import (
-    BRONZE_EVENTS_RAW,
+from pipelines.gold.tables import (
     GOLD_ITEM_FEATURES,
     GOLD_ITEM_FEATURES_HISTORY,
     GOLD_USER_FEATURES,
     GOLD_USER_FEATURES_HISTORY,
-    QUALITY_BATCH_RESULTS,
-    QUALITY_SUITE_RESULTS,
-    SILVER_EVENTS,
-    SILVER_QUARANTINE,
-    SILVER_SESSIONS,
-    table_spec,
 )
+from pipelines.lake.catalog import Catalog
 from pipelines.quality.report import accounting_report
+from pipelines.quality.tables import QUALITY_BATCH_RESULTS, QUALITY_SUITE_RESULTS
+from pipelines.silver.tables import SILVER_EVENTS, SILVER_QUARANTINE, SILVER_SESSIONS
 from pipelines.streaming.kafka import EventProducer, embedded_broker
 from pipelines.synthetic.clickstream import GOOD, ClickstreamGenerator, GeneratedEvent
+from pipelines.tables import LAKE_TABLES
 
 PART = "jobs"
 JOBS = ("bronze", "silver", "sessions", "gold")
@@ -375,7 +372,7 @@ class _Chaos:
         self._log = log
         self.launcher = workdir / "lakehouse.py"
         self.logs = workdir / "logs"
-        self.catalog = Catalog.for_settings(settings)
+        self.catalog = Catalog.for_settings(settings, LAKE_TABLES)
         self.slots = threading.BoundedSemaphore(MAX_JVMS)
         self.final = {job: threading.Event() for job in JOBS}
         self.abort = threading.Event()
@@ -504,7 +501,7 @@ class _Chaos:
         """Sessions and gold without crashes, in a second storage root, from a copy of the
         final silver.events: what the crashed jobs must have produced."""
         self._wait(self.final["silver"].is_set, "silver to finish", 4 * DRAIN_TIMEOUT_S)
-        ref = Catalog.for_settings(self.ref_settings)
+        ref = Catalog.for_settings(self.ref_settings, LAKE_TABLES)
         target = Path(ref.location(SILVER_EVENTS.name))
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(self.catalog.location(SILVER_EVENTS.name), target)
@@ -527,7 +524,9 @@ class _Chaos:
         prefix = "ref-" if env_name == REF_ENV else ""
         log_path = self.logs / f"{prefix}{job}-{tally.starts:02d}-{mode}.log"
         settings = self.settings if env_name == ENV else self.ref_settings
-        checkpoint = Path(Catalog.for_settings(settings).checkpoint(_SPECS[job].checkpoint))
+        checkpoint = Path(
+            Catalog.for_settings(settings, LAKE_TABLES).checkpoint(_SPECS[job].checkpoint)
+        )
         offsets, commits = _batch_ids(checkpoint)
         env = {
             **os.environ,
@@ -907,7 +906,7 @@ def _waves(events: int, seed: int, count: int) -> list[list[GeneratedEvent]]:
 # -- the checks against the tables -----------------------------------------------------------
 def _check(chaos: _Chaos, log: Callable[[str], None]) -> tuple[int, int, dict[str, Any]]:
     catalog = chaos.catalog
-    ref = Catalog.for_settings(chaos.ref_settings)
+    ref = Catalog.for_settings(chaos.ref_settings, LAKE_TABLES)
     checks: dict[str, Any] = {}
 
     bronze = bronze_faults(
@@ -985,7 +984,7 @@ def _check(chaos: _Chaos, log: Callable[[str], None]) -> tuple[int, int, dict[st
 def _table(catalog: Catalog, name: str) -> pa.Table:
     """A table as Arrow; empty (with its schema) when its job never created it."""
     if not catalog.exists(name):
-        return table_spec(name).arrow_schema.empty_table()
+        return LAKE_TABLES.spec(name).arrow_schema.empty_table()
     return catalog.read_arrow(name)
 
 

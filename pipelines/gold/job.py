@@ -35,20 +35,20 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.config import Settings, TriggerSettings, parse_duration
 from pipelines.gold.features import AS_OF, FEATURES, item_features_at, user_features_at
-from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import (
+from pipelines.gold.tables import (
     GOLD_ITEM_FEATURES,
     GOLD_ITEM_FEATURES_HISTORY,
     GOLD_USER_FEATURES,
     GOLD_USER_FEATURES_HISTORY,
-    SILVER_EVENTS,
-    SILVER_SESSIONS,
-    TableSpec,
 )
+from pipelines.lake.catalog import Catalog
+from pipelines.lake.tables import TableSpec
+from pipelines.silver.tables import SILVER_EVENTS, SILVER_SESSIONS
 from pipelines.streaming.delta import BatchHandler, conform, query_id_from_checkpoint
 from pipelines.streaming.queries import QueryMonitor, StepClock, await_query, start_table_stream
 from pipelines.streaming.sinks import ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
+from pipelines.tables import LAKE_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def start_gold(
     monitor: QueryMonitor | None = None,
 ) -> tuple[StreamingQuery, GoldStats]:
     """Start the gold query and return it without waiting (see ``run_gold``)."""
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     for spec in (SILVER_EVENTS, SILVER_SESSIONS, *_TABLES):
         ensure_table(spark, catalog, spec)
     stats = GoldStats()
@@ -289,7 +289,7 @@ def run_gold(
         timeout_s=timeout_s,
         monitor=monitor,
     )
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     versions = {spec.name: catalog.delta_table(spec.name).version() for spec in _TABLES}
     return GoldRun(stats, str(query.id), versions)
 

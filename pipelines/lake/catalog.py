@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import Settings, StorageSettings
-from pipelines.lake.tables import TABLES, TableSpec, table_spec
+from pipelines.lake.tables import TableRegistry, TableSpec
 
 
 class TableNotFoundError(LookupError):
@@ -58,20 +58,24 @@ class Catalog:
     """Resolves and manages the lake's tables under ``<storage root>/tables``."""
 
     def __init__(
-        self, storage: StorageSettings, storage_options: dict[str, str] | None = None
+        self,
+        storage: StorageSettings,
+        tables: TableRegistry,
+        storage_options: dict[str, str] | None = None,
     ) -> None:
         self.storage = storage.resolved()
+        self.tables = tables
         self.storage_options = (
             storage_options if storage_options is not None else self.storage.delta_options()
         )
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Catalog:
-        """The catalog of an environment: its storage and storage options."""
-        return cls(settings.storage)
+    def for_settings(cls, settings: Settings, tables: TableRegistry) -> Catalog:
+        """The catalog of an environment's storage, knowing the tables of ``tables``."""
+        return cls(settings.storage, tables)
 
     def location(self, name: str) -> str:
-        spec = table_spec(name)
+        spec = self.tables.spec(name)
         return f"{self.storage.tables_root}/{spec.layer}/{spec.short_name}"
 
     def checkpoint(self, query_name: str) -> str:
@@ -84,7 +88,7 @@ class Catalog:
         )
 
     def delta_table(self, name: str, version: int | None = None) -> DeltaTable:
-        spec = table_spec(name)
+        spec = self.tables.spec(name)
         try:
             return DeltaTable(
                 self.location(name), version=version, storage_options=self.storage_options
@@ -118,7 +122,7 @@ class Catalog:
         )
 
     def infos(self) -> list[TableInfo]:
-        return [self.info(name) for name in sorted(TABLES)]
+        return [self.info(name) for name in self.tables.names()]
 
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits newest first; the JSON ``userMetadata`` our writers stamp (app id, batch id,
@@ -137,7 +141,7 @@ class Catalog:
         ``partitions`` prunes files by partition values before Spark sees them, e.g.
         ``[("event_date", "in", ["2026-11-26"])]``.
         """
-        spec = table_spec(name)
+        spec = self.tables.spec(name)
         columns = [f.name for f in spec.schema.fields]
         self.bind(spark)
         reader = spark.read.format("delta")
@@ -162,7 +166,7 @@ class Catalog:
         ``to_pyarrow_dataset`` routes I/O through Python callbacks from Arrow threads, which can
         abort the interpreter at exit.)
         """
-        spec = table_spec(name)
+        spec = self.tables.spec(name)
         table = self.delta_table(name, version)
         files = (
             table.file_uris(file_pruning_predicate=partitions) if partitions else table.file_uris()
@@ -249,7 +253,7 @@ class Catalog:
         registered = _registered(spark)
         if registered.get(name) == location:
             return
-        spec = table_spec(name)
+        spec = self.tables.spec(name)
         spark.sql(f"CREATE SCHEMA IF NOT EXISTS {spec.layer}")
         if name in registered:
             # Ours, at another root (one session serving several storage roots): forget the
@@ -273,7 +277,7 @@ class Catalog:
 
     def register_all(self, spark: SparkSession) -> list[str]:
         """Register every table that exists under this storage root; returns their names."""
-        names = [name for name in sorted(TABLES) if self.exists(name)]
+        names = [name for name in self.tables.names() if self.exists(name)]
         for name in names:
             self.register(spark, name)
         return names

@@ -37,7 +37,6 @@ from pyspark.sql import SparkSession
 
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import Snapshots
-from pipelines.lake.tables import TABLES, table_spec
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +110,9 @@ def maintain(
     """
     if retention_hours < 0:
         raise ValueError(f"retention_hours must be >= 0, got {retention_hours}")
-    names = list(tables) if tables is not None else sorted(TABLES)
+    names = list(tables) if tables is not None else catalog.tables.names()
     for name in names:
-        table_spec(name)  # an unknown name fails before any table is touched
+        catalog.tables.spec(name)  # an unknown name fails before any table is touched
     pinned = (snapshots or Snapshots(catalog)).pinned_versions()
     report = MaintenanceReport(dry_run=dry_run)
     for name in names:

@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import LAKE_SNAPSHOTS, TABLES, UnknownTableError, table_spec
+from pipelines.lake.tables import LAKE_SNAPSHOTS, UnknownTableError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,7 +56,7 @@ def snapshots_location(catalog: Catalog) -> str:
     """Where ``lake.snapshots`` lives: ``<tables root>/lake/snapshots``.
 
     Resolved here rather than with ``catalog.location`` so it works whether or not
-    ``LAKE_SNAPSHOTS`` is registered in ``pipelines.lake.tables.TABLES``.
+    ``LAKE_SNAPSHOTS`` is one of the tables of the catalog's registry (``pipelines.tables``).
     """
     return catalog.location(LAKE_SNAPSHOTS.name)
 
@@ -152,11 +152,11 @@ class Snapshots:
 
     def _current_version(self, snapshot: str, table: str) -> int:
         try:
-            table_spec(table)
+            self.catalog.tables.spec(table)
         except UnknownTableError:
             raise SnapshotError(
                 f"snapshot {snapshot!r} not created: unknown table {table!r} "
-                f"(known: {', '.join(sorted(TABLES))})"
+                f"(known: {', '.join(self.catalog.tables.names())})"
             ) from None
         if not self.catalog.exists(table):
             raise SnapshotError(
@@ -284,7 +284,7 @@ def read_pandas(
         ValueError: an unknown column, or the version holds more than ``max_rows`` rows (read
             it with :func:`read_table` instead).
     """
-    spec = table_spec(name)
+    spec = catalog.tables.spec(name)
     known = [f.name for f in spec.schema.fields]
     unknown = [c for c in columns or [] if c not in known]
     if unknown:

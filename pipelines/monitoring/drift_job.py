@@ -19,11 +19,13 @@ from pyspark.sql import SparkSession
 
 from pipelines.config import Settings
 from pipelines.gold.job import gold_snapshot_validator
+from pipelines.gold.tables import GOLD_USER_FEATURES
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import Snapshots, read_pandas
-from pipelines.lake.tables import GOLD_USER_FEATURES, QUALITY_DRIFT_RESULTS
 from pipelines.monitoring.drift import DriftThresholds, FeatureDrift, feature_drift
+from pipelines.monitoring.tables import QUALITY_DRIFT_RESULTS
 from pipelines.streaming.sinks import table_writer
+from pipelines.tables import LAKE_TABLES
 from pipelines.training.sets import DEFAULT_SNAPSHOT_TABLES
 from pipelines.training.train import CHAMPION, configure_mlflow, train
 
@@ -50,7 +52,7 @@ def check_drift(
     retrain_on_drift: bool = False,
 ) -> DriftReport:
     """Compare, record, and optionally retrain (see the module docstring)."""
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     reference_snapshot = snapshot or _champion_snapshot(settings)
     pinned = Snapshots(catalog).get(reference_snapshot)
     table = GOLD_USER_FEATURES.name

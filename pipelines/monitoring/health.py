@@ -21,20 +21,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.config import Settings
+from pipelines.gold.tables import GOLD_ITEM_FEATURES_HISTORY, GOLD_USER_FEATURES_HISTORY
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import (
-    BRONZE_EVENTS_RAW,
-    GOLD_ITEM_FEATURES_HISTORY,
-    GOLD_USER_FEATURES_HISTORY,
-    MONITORING_QUERY_PROGRESS,
-    QUALITY_BATCH_RESULTS,
-    QUALITY_DRIFT_RESULTS,
-    QUALITY_SUITE_RESULTS,
-    SILVER_EVENTS,
-    SILVER_QUARANTINE,
-    SILVER_SESSIONS,
-)
+from pipelines.monitoring.tables import MONITORING_QUERY_PROGRESS, QUALITY_DRIFT_RESULTS
+from pipelines.quality.tables import QUALITY_BATCH_RESULTS, QUALITY_SUITE_RESULTS
+from pipelines.silver.tables import SILVER_EVENTS, SILVER_QUARANTINE, SILVER_SESSIONS
+from pipelines.tables import LAKE_TABLES
 
 # Which column carries event time in each table whose freshness is tracked.
 EVENT_TIME = {
@@ -119,7 +113,7 @@ def lake_health(settings: Settings, catalog: Catalog | None = None) -> Health:
     """``collect_health`` over the environment's lake, with the quarantine rate taken over the
     same number of batches the ``quarantine_rate`` alert uses (so metric and alert agree)."""
     return collect_health(
-        catalog or Catalog.for_settings(settings),
+        catalog or Catalog.for_settings(settings, LAKE_TABLES),
         recent_batches=settings.monitoring.alerts.recent_batches,
     )
 

@@ -30,7 +30,7 @@ from pyspark.sql.streaming.listener import (
 )
 
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import MONITORING_QUERY_PROGRESS
+from pipelines.monitoring.tables import MONITORING_QUERY_PROGRESS
 from pipelines.streaming.sinks import ensure_table, table_writer
 
 log = logging.getLogger(__name__)

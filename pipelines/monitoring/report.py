@@ -24,9 +24,10 @@ from matplotlib.figure import Figure
 
 from pipelines.config import Settings
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import MONITORING_QUERY_PROGRESS
 from pipelines.monitoring.alerts import Alert, evaluate
 from pipelines.monitoring.health import Health, lake_health
+from pipelines.monitoring.tables import MONITORING_QUERY_PROGRESS
+from pipelines.tables import LAKE_TABLES
 from pipelines.training.train import configure_mlflow
 
 _STYLE = """
@@ -41,7 +42,7 @@ text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:
 
 def build_report(settings: Settings, catalog: Catalog | None = None) -> str:
     """The report as one HTML string."""
-    catalog = catalog or Catalog.for_settings(settings)
+    catalog = catalog or Catalog.for_settings(settings, LAKE_TABLES)
     health = lake_health(settings, catalog)
     alerts = evaluate(health, settings.monitoring.alerts)
     progress = (

@@ -16,9 +16,9 @@ from pyspark.sql import DataFrame
 from pipelines.config import Settings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.objects import ObjectStore
-from pipelines.lake.tables import QUALITY_SUITE_RESULTS
 from pipelines.quality.accounting import query_of
 from pipelines.quality.suites import DATA_DOCS_DIR, SuiteResult, SuiteRunner
+from pipelines.quality.tables import QUALITY_SUITE_RESULTS
 from pipelines.streaming.sinks import table_writer
 
 GX_KEY = "quality/gx"

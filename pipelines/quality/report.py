@@ -5,16 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.config import Settings
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import (
-    BRONZE_EVENTS_RAW,
-    QUALITY_BATCH_RESULTS,
-    QUALITY_SUITE_RESULTS,
-    SILVER_EVENTS,
-    SILVER_QUARANTINE,
-)
 from pipelines.quality.accounting import AccountingReport, reconcile, suite_problems
+from pipelines.quality.tables import QUALITY_BATCH_RESULTS, QUALITY_SUITE_RESULTS
+from pipelines.silver.tables import SILVER_EVENTS, SILVER_QUARANTINE
 
 
 def accounting_report(catalog: Catalog, *, require_suites: bool) -> AccountingReport:

@@ -14,7 +14,7 @@ from pyspark.sql.types import ArrayType, StringType
 from pipelines.contracts import ContractRegistry
 from pipelines.contracts.registry import MAX_EVENT_TIME_MS, RFC3339_DATE_TIME
 from pipelines.contracts.spark_schema import unified_event_schema
-from pipelines.lake.tables import SILVER_EVENTS, SILVER_QUARANTINE
+from pipelines.silver.tables import SILVER_EVENTS, SILVER_QUARANTINE
 
 # Parses every event type and version; derived from the contract files, never retyped.
 EVENT_SCHEMA = unified_event_schema(ContractRegistry())

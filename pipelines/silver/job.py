@@ -35,21 +35,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.config import Settings, TriggerSettings
 from pipelines.contracts import ContractRegistry
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import (
-    BRONZE_EVENTS_RAW,
-    QUALITY_BATCH_RESULTS,
-    SILVER_EVENTS,
-    SILVER_QUARANTINE,
-    TableSpec,
-)
+from pipelines.lake.tables import TableSpec
 from pipelines.quality.accounting import BatchAccount
 from pipelines.quality.expectations import RuleSet, load_rule_set
 from pipelines.quality.gate import Gate
 from pipelines.quality.recording import SuiteRecorder
 from pipelines.quality.suites import silver_events_expectations
+from pipelines.quality.tables import QUALITY_BATCH_RESULTS
 from pipelines.silver.events import (
     DUPLICATE_EXISTING,
     DUPLICATE_IN_BATCH,
@@ -62,10 +58,12 @@ from pipelines.silver.events import (
     quarantined_events,
     silver_events,
 )
+from pipelines.silver.tables import SILVER_EVENTS, SILVER_QUARANTINE
 from pipelines.streaming.delta import BatchHandler, query_id_from_checkpoint
 from pipelines.streaming.queries import QueryMonitor, StepClock, await_query, start_table_stream
 from pipelines.streaming.sinks import AppendResult, ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
+from pipelines.tables import LAKE_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +225,7 @@ def start_silver(
     monitor: QueryMonitor | None = None,
 ) -> tuple[StreamingQuery, SilverStats]:
     """Start the silver query and return it without waiting (see ``run_silver``)."""
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     rules = rule_set or load_rule_set(SILVER_EVENTS.name, settings.rules_dir, settings.quality)
     gate = Gate(rules)
     for spec in (BRONZE_EVENTS_RAW, *_WRITES):
@@ -285,7 +283,7 @@ def run_silver(
         timeout_s=timeout_s,
         monitor=monitor,
     )
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     return SilverRun(
         stats=stats,
         query_id=str(query.id),

@@ -27,12 +27,13 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.config import Settings, TriggerSettings, parse_duration
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import SILVER_EVENTS, SILVER_SESSIONS
 from pipelines.silver.sessions import recompute_windows, session_changes, sessions
+from pipelines.silver.tables import SILVER_EVENTS, SILVER_SESSIONS
 from pipelines.streaming.delta import BatchHandler, query_id_from_checkpoint
 from pipelines.streaming.queries import QueryMonitor, await_query, start_table_stream
 from pipelines.streaming.sinks import ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
+from pipelines.tables import LAKE_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def run_sessions(
     monitor: QueryMonitor | None = None,
 ) -> SessionsRun:
     """Run the sessions query over the silver change feed."""
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     ensure_table(spark, catalog, SILVER_EVENTS)
     ensure_table(spark, catalog, SILVER_SESSIONS)
     stats = SessionStats()

@@ -21,8 +21,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructField, StructType, TimestampType
 
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.config import KafkaSecurity, KafkaSettings
-from pipelines.lake.tables import BRONZE_EVENTS_RAW
 from pipelines.spark import class_loadable
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import Settings
+from pipelines.gold.tables import GOLD_USER_FEATURES
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import GOLD_RECOMMENDATIONS, GOLD_USER_FEATURES
 from pipelines.streaming.sinks import table_writer
+from pipelines.tables import LAKE_TABLES
+from pipelines.training.tables import GOLD_RECOMMENDATIONS
 from pipelines.training.train import champion_model
 
 _ACTIVITY = ("page_view_count_7d", "click_count_7d", "add_to_cart_count_7d", "purchase_count_7d")
@@ -26,7 +28,7 @@ _ACTIVITY = ("page_view_count_7d", "click_count_7d", "add_to_cart_count_7d", "pu
 
 def write_recommendations(spark: SparkSession, settings: Settings, k: int) -> dict[str, Any]:
     """Score every active user with the champion and replace ``gold.recommendations``."""
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     model, version = champion_model(settings)
     activity = sum((F.col(c) for c in _ACTIVITY), F.lit(0))
     active = [

@@ -16,19 +16,17 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import Settings, parse_duration
-from pipelines.lake.catalog import Catalog
-from pipelines.lake.snapshots import SnapshotError, Snapshots
-from pipelines.lake.tables import (
+from pipelines.gold.tables import (
     GOLD_ITEM_FEATURES,
     GOLD_ITEM_FEATURES_HISTORY,
-    GOLD_TRAINING_SETS,
     GOLD_USER_FEATURES,
     GOLD_USER_FEATURES_HISTORY,
-    LAKE_TRAINING_SETS,
-    SILVER_EVENTS,
-    SILVER_SESSIONS,
 )
+from pipelines.lake.catalog import Catalog
+from pipelines.lake.snapshots import SnapshotError, Snapshots
+from pipelines.silver.tables import SILVER_EVENTS, SILVER_SESSIONS
 from pipelines.streaming.sinks import table_writer
+from pipelines.tables import LAKE_TABLES
 from pipelines.training.point_in_time import (
     check_no_leakage,
     labels,
@@ -36,6 +34,7 @@ from pipelines.training.point_in_time import (
     sampled_negatives,
     training_set_digest,
 )
+from pipelines.training.tables import GOLD_TRAINING_SETS, LAKE_TRAINING_SETS
 
 REQUIRED_TABLES = (
     SILVER_EVENTS.name,
@@ -88,7 +87,7 @@ def build_training_set(
         SnapshotError: unknown snapshot, or one that does not pin the tables a training set needs.
         LeakageError: a feature timestamp is not strictly before its label's.
     """
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     pinned = Snapshots(catalog).get(snapshot)
     missing = [t for t in REQUIRED_TABLES if t not in pinned.versions]
     if missing:

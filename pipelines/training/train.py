@@ -40,7 +40,8 @@ from pyspark.sql import functions as F
 from pipelines.config import Settings
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import Snapshots
-from pipelines.lake.tables import GOLD_TRAINING_SETS, SILVER_EVENTS
+from pipelines.silver.tables import SILVER_EVENTS
+from pipelines.tables import LAKE_TABLES
 from pipelines.training.metrics import evaluate
 from pipelines.training.recommenders import (
     ItemItemModel,
@@ -49,6 +50,7 @@ from pipelines.training.recommenders import (
     time_split,
 )
 from pipelines.training.sets import build_training_set
+from pipelines.training.tables import GOLD_TRAINING_SETS
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -129,7 +131,7 @@ def interactions(
 def train(spark: SparkSession, settings: Settings, *, snapshot: str, seed: int = 42) -> TrainingRun:
     """Train, evaluate, log and (maybe) promote; see the module docstring."""
     conf = settings.mlflow
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     pinned = Snapshots(catalog).get(snapshot)
     training_set = build_training_set(
         spark, settings, snapshot=snapshot, label_event="purchase", horizon="24h", seed=seed

@@ -17,13 +17,15 @@ from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines import jobs, runtime
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.config import EVENT_TYPES, Settings, load_settings
+from pipelines.gold.tables import GOLD_USER_FEATURES
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import Snapshots
-from pipelines.lake.tables import BRONZE_EVENTS_RAW, GOLD_USER_FEATURES
 from pipelines.notebooks import run_notebook
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import publish_clickstream
+from pipelines.tables import LAKE_TABLES
 from pipelines.training.sets import DEFAULT_SNAPSHOT_TABLES, build_training_set
 from tests.conftest import REPO, SharedBroker
 from tests.streaming.helpers import produce
@@ -78,7 +80,7 @@ def test_bronze_notebook_lands_what_kafka_holds_and_a_rerun_adds_nothing(
         "timeout": "",
     }
     assert '"rows_written": 550' in first.output  # printed as well as returned
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     assert summary["table_version"] == catalog.info(BRONZE_EVENTS_RAW.name).version
     assertDataFrameEqual(
         catalog.read(spark, BRONZE_EVENTS_RAW.name).select("key", "value", "topic"),
@@ -118,7 +120,7 @@ def test_the_streaming_jobs_summarise_what_they_wrote(
     gold_lake: tuple[dict[str, Any], Settings, dict[str, Any]],
 ) -> None:
     _, settings, summaries = gold_lake
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     bronze, silver = summaries["bronze"], summaries["silver"]
     assert bronze["rows_written"] == 1_200 == catalog.info(BRONZE_EVENTS_RAW.name).rows
     assert silver["input"] == 1_200 and silver["invariant_holds"] is True
@@ -138,7 +140,7 @@ def test_the_quality_report_and_maintenance_jobs_read_the_same_lake(
     gold_lake: tuple[dict[str, Any], Settings, dict[str, Any]],
 ) -> None:
     _, settings, summaries = gold_lake
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     factory = runtime.LakehouseFactory(load_settings=lambda _env: settings)
     with runtime.using(factory):
         report = jobs.quality_report("test", limit="5")
@@ -163,7 +165,7 @@ def test_explore_gold_stops_at_each_missing_step_and_then_shows_everything(
     spark: SparkSession, gold_lake: tuple[dict[str, Any], Settings, dict[str, Any]]
 ) -> None:
     overrides, settings, _ = gold_lake
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     path = NOTEBOOKS / "explore_gold.py"
 
     no_snapshot = run_notebook(path, "test", overrides=overrides, spark=spark)

@@ -20,9 +20,10 @@ import pytest
 from pyspark.sql import SparkSession
 
 from pipelines.bronze.job import run_bronze
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import BRONZE_EVENTS_RAW
+from pipelines.tables import LAKE_TABLES
 from tests.conftest import REPO, SharedBroker
 from tests.streaming.helpers import contiguous, produce
 
@@ -64,7 +65,7 @@ def test_bronze_killed_mid_batch_restarts_with_every_message_exactly_once(
             "consumer": {"max_offsets_per_trigger": 400},
         },
     }
-    catalog = Catalog(lake_settings.storage)
+    catalog = Catalog(lake_settings.storage, LAKE_TABLES)
     checkpoint = Path(catalog.checkpoint(BRONZE_EVENTS_RAW.name))
     log = (tmp_path / "bronze.log").open("w")
     child = subprocess.Popen(

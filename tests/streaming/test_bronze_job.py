@@ -14,11 +14,12 @@ from pyspark.testing import assertDataFrameEqual
 
 from pipelines.bronze.data_loss import DataLossError
 from pipelines.bronze.job import run_bronze
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import BRONZE_EVENTS_RAW
 from pipelines.streaming.delta import BatchWriteStats
 from pipelines.streaming.kafka import KafkaUnavailableError
+from pipelines.tables import LAKE_TABLES
 from tests.conftest import SharedBroker
 from tests.streaming.helpers import contiguous, forget_commit, produce
 
@@ -47,7 +48,7 @@ def test_bronze_lands_every_record_once_and_a_rerun_adds_nothing(
     # maxOffsetsPerTrigger caps every batch; Spark splits it across partitions by their lag.
     assert first.stats.batches_written >= 4
     assert all(0 < b["rows"] <= 250 for b in first.stats.batches)
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     bronze = catalog.read(spark, BRONZE_EVENTS_RAW.name)
     assertDataFrameEqual(
         bronze.select("key", "value", "topic"),
@@ -116,7 +117,7 @@ def test_batch_already_committed_before_a_crash_is_skipped_on_replay(
     settings = small_batches(lake_settings)
     bootstrap = kafka_broker.bootstrap_servers
     produce(settings, bootstrap, settings.kafka.topics.page_view, 600)
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
 
     first = run_bronze(spark, settings, bootstrap)
     assert first.stats.batches_written == 3
@@ -143,7 +144,7 @@ def test_bronze_table_has_the_declared_schema_and_partitioning(
 ) -> None:
     produce(lake_settings, kafka_broker.bootstrap_servers, lake_settings.kafka.topics.search, 10)
     run_bronze(spark, lake_settings, kafka_broker.bootstrap_servers)
-    table = Catalog(lake_settings.storage).delta_table(BRONZE_EVENTS_RAW.name)
+    table = Catalog(lake_settings.storage, LAKE_TABLES).delta_table(BRONZE_EVENTS_RAW.name)
     assert pa.schema(table.schema().to_arrow()) == BRONZE_EVENTS_RAW.arrow_schema
     assert table.metadata().partition_columns == ["ingest_date"]
     assert table.metadata().configuration["delta.enableChangeDataFeed"] == "true"
@@ -202,6 +203,6 @@ def test_offsets_deleted_before_bronze_read_them_stop_it_or_are_reported_loudly(
     assert run.stats.skipped_events == 40
     assert {(g.topic, g.skipped > 0) for g in run.stats.data_loss} == {(topic, True)}
     assert run.stats.rows_written == 10
-    assert Catalog(lenient.storage).read(spark, BRONZE_EVENTS_RAW.name).count() == 110
+    assert Catalog(lenient.storage, LAKE_TABLES).read(spark, BRONZE_EVENTS_RAW.name).count() == 110
     # Once skipped, the checkpoint is past the gap: the next run reports nothing.
     assert run_bronze(spark, lenient, bootstrap).stats.data_loss == []

@@ -27,17 +27,18 @@ from pipelines.chaos.jobs import (
 )
 from pipelines.config import Settings, TriggerSettings
 from pipelines.gold.job import run_gold
-from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import (
+from pipelines.gold.tables import (
     GOLD_ITEM_FEATURES,
     GOLD_ITEM_FEATURES_HISTORY,
     GOLD_USER_FEATURES,
     GOLD_USER_FEATURES_HISTORY,
-    QUALITY_SUITE_RESULTS,
-    SILVER_EVENTS,
 )
+from pipelines.lake.catalog import Catalog
 from pipelines.quality.report import accounting_report
+from pipelines.quality.tables import QUALITY_SUITE_RESULTS
 from pipelines.silver.job import run_silver, silver_suite_validator
+from pipelines.silver.tables import SILVER_EVENTS
+from pipelines.tables import LAKE_TABLES
 from tests.conftest import SharedBroker, make_settings
 from tests.streaming.helpers import forget_commit
 from tests.streaming.test_gold_job import NOW, click, silver_from
@@ -140,7 +141,7 @@ def test_silver_replayed_after_its_writes_still_records_its_suite_result(
     spark: SparkSession, tmp_path: Path
 ) -> None:
     settings = make_settings(tmp_path / "lake")
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     land_in_bronze(catalog, [json.dumps(event()) for _ in range(5)] + ["{broken"])
     validator = silver_suite_validator(settings, catalog)
     run_silver(spark, settings, trigger=AVAILABLE_NOW, validator=validator)

@@ -16,10 +16,12 @@ from deltalake import DeltaTable as DeltaRsTable
 from deltalake.exceptions import DeltaProtocolError
 from pyspark.sql import SparkSession
 
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import read_pandas
-from pipelines.lake.tables import BRONZE_EVENTS_RAW, LAKE_SNAPSHOTS
+from pipelines.lake.tables import LAKE_SNAPSHOTS
 from pipelines.streaming.sinks import table_writer
+from pipelines.tables import LAKE_TABLES
 from tests.conftest import make_settings
 from tests.streaming.test_ports import T0, bronze_rows, snapshot_rows
 
@@ -38,7 +40,7 @@ def merge_a_b_c_then_delete_b(spark: SparkSession, catalog: Catalog) -> None:
 def test_delta_rs_reads_appends_merges_and_overwrites_written_by_spark(
     spark: SparkSession, tmp_path: Path
 ) -> None:
-    catalog = Catalog.for_settings(make_settings(tmp_path / "lake"))
+    catalog = Catalog.for_settings(make_settings(tmp_path / "lake"), LAKE_TABLES)
     bronze = table_writer(catalog, BRONZE_EVENTS_RAW)
     bronze.append(bronze_rows(0, 40), "app", 0, spark=spark)
     merge_a_b_c_then_delete_b(spark, catalog)
@@ -66,7 +68,7 @@ def test_lake_tables_keep_deletion_vectors_off_and_the_reader_refuses_them_loudl
     """delta-rs 1.6 cannot apply deletion vectors: every lake table is created without them
     (even where the platform turns them on by default), and a table that has them is refused,
     never read with its deleted rows."""
-    catalog = Catalog.for_settings(make_settings(tmp_path / "lake"))
+    catalog = Catalog.for_settings(make_settings(tmp_path / "lake"), LAKE_TABLES)
     spark.conf.set("spark.databricks.delta.properties.defaults.enableDeletionVectors", "true")
     try:
         merge_a_b_c_then_delete_b(spark, catalog)

@@ -17,18 +17,15 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from pipelines.config import Settings, TriggerSettings
 from pipelines.gold.job import gold_snapshot_validator, gold_suite_gate, run_gold
+from pipelines.gold.tables import GOLD_ITEM_FEATURES, GOLD_USER_FEATURES, GOLD_USER_FEATURES_HISTORY
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import SnapshotError, Snapshots
-from pipelines.lake.tables import (
-    GOLD_ITEM_FEATURES,
-    GOLD_USER_FEATURES,
-    GOLD_USER_FEATURES_HISTORY,
-    QUALITY_SUITE_RESULTS,
-)
+from pipelines.quality.tables import QUALITY_SUITE_RESULTS
 from pipelines.silver.job import run_silver
 from pipelines.silver.sessions_job import run_sessions
 from pipelines.streaming.queries import StreamingJobError
 from pipelines.synthetic.clickstream import ClickstreamGenerator
+from pipelines.tables import LAKE_TABLES
 from pipelines.training.sets import build_training_set
 from tests.conftest import REPO, make_settings
 from tests.streaming.test_silver_job import land_in_bronze
@@ -59,7 +56,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def silver_from(spark: SparkSession, settings: Settings, values: list[str]) -> Catalog:
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     land_in_bronze(catalog, values)
     run_silver(spark, settings, trigger=AVAILABLE_NOW)
     run_sessions(spark, settings, trigger=AVAILABLE_NOW)

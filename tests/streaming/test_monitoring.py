@@ -19,17 +19,19 @@ from pipelines.bronze.job import run_bronze
 from pipelines.cli import app
 from pipelines.config import AlertSettings, Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import MONITORING_QUERY_PROGRESS, SILVER_EVENTS
 from pipelines.monitoring.alerts import evaluate
 from pipelines.monitoring.exporter import HealthCollector, serve_metrics
 from pipelines.monitoring.health import collect_health
 from pipelines.monitoring.progress import progress_recorder
 from pipelines.monitoring.report import build_report
+from pipelines.monitoring.tables import MONITORING_QUERY_PROGRESS
 from pipelines.silver.job import run_silver
+from pipelines.silver.tables import SILVER_EVENTS
 from pipelines.streaming.delta import BatchWriteStats
 from pipelines.streaming.queries import stop_gracefully
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import publish_clickstream
+from pipelines.tables import LAKE_TABLES
 from tests.conftest import SharedBroker, conf_folder, make_settings, unique_topics
 from tests.streaming.helpers import metric_samples
 
@@ -61,7 +63,7 @@ def test_every_micro_batch_is_recorded_and_a_quarantine_spike_fires_its_alert(
     settings = settings_for(tmp_path, kafka_broker, per_trigger=450)
     generator = ClickstreamGenerator(users=50, items=30, seed=11, bad_fraction=0.3)
     publish_clickstream(generator, 1_200, settings.kafka, kafka_broker.bootstrap_servers)
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     monitor = progress_recorder(spark, catalog)
     bronze = run_bronze(
         spark, settings, kafka_broker.bootstrap_servers, trigger=AVAILABLE_NOW, monitor=monitor
@@ -186,10 +188,10 @@ def test_a_query_that_stops_with_records_waiting_fires_the_stalled_alert(
         trigger=slow,
         on_progress=stop_after_first_batch,
         timeout_s=120,
-        monitor=progress_recorder(spark, Catalog.for_settings(settings)),
+        monitor=progress_recorder(spark, Catalog.for_settings(settings, LAKE_TABLES)),
     )
     assert run.stats.batches_written == 1
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     time.sleep(1.5)
     health = collect_health(catalog)
     (bronze,) = [q for q in health.queries if q.name == "bronze_events_raw"]

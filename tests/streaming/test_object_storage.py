@@ -21,24 +21,19 @@ from botocore.exceptions import EndpointConnectionError
 from pyspark.sql import SparkSession
 
 from pipelines.bronze.job import run_bronze
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.config import ConfigError, Settings, TriggerSettings
 from pipelines.gold.job import gold_suite_gate, run_gold
+from pipelines.gold.tables import GOLD_ITEM_FEATURES, GOLD_USER_FEATURES, GOLD_USER_FEATURES_HISTORY
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.objects import ObjectStore
 from pipelines.lake.snapshots import Snapshots
-from pipelines.lake.tables import (
-    BRONZE_EVENTS_RAW,
-    GOLD_ITEM_FEATURES,
-    GOLD_USER_FEATURES,
-    GOLD_USER_FEATURES_HISTORY,
-    SILVER_EVENTS,
-    SILVER_QUARANTINE,
-    SILVER_SESSIONS,
-)
 from pipelines.silver.job import run_silver, silver_suite_validator
 from pipelines.silver.sessions_job import run_sessions
+from pipelines.silver.tables import SILVER_EVENTS, SILVER_QUARANTINE, SILVER_SESSIONS
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.synthetic.publish import publish_clickstream
+from pipelines.tables import LAKE_TABLES
 from tests.conftest import SharedBroker, free_port, make_settings, unique_topics
 
 pytestmark = [pytest.mark.streaming, pytest.mark.slow]
@@ -115,7 +110,7 @@ def run_layers(
     spark: SparkSession, settings: Settings, bootstrap: str, *, suites: bool
 ) -> dict[str, int]:
     """Every layer, available-now; ``suites`` runs the GX suites too (they never change rows)."""
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     run_bronze(spark, settings, bootstrap, trigger=AVAILABLE_NOW)
     validator = silver_suite_validator(settings, catalog) if suites else None
     run_silver(spark, settings, trigger=AVAILABLE_NOW, validator=validator)
@@ -165,14 +160,14 @@ def test_s3_root_runs_every_layer_with_the_same_rows_as_local_storage(
     assert b"<html" in objects.get_bytes("quality/gx/data_docs/index.html").lower()
 
     # A snapshot pins versions and reads them back from S3 with Spark, also after new commits.
-    catalog = Catalog.for_settings(remote)
+    catalog = Catalog.for_settings(remote, LAKE_TABLES)
     snap = Snapshots(catalog).create(
         "s3-pin", [SILVER_EVENTS.name, GOLD_USER_FEATURES.name], "on object storage", spark=spark
     )
     pinned = snap.versions[GOLD_USER_FEATURES.name]
     frame = catalog.read(spark, GOLD_USER_FEATURES.name, version=pinned)
     assert frame.count() == on_s3[GOLD_USER_FEATURES.name]
-    local_frame = Catalog.for_settings(local).read(spark, GOLD_USER_FEATURES.name)
+    local_frame = Catalog.for_settings(local, LAKE_TABLES).read(spark, GOLD_USER_FEATURES.name)
     assert sorted(r.user_id for r in frame.select("user_id").collect()) == sorted(
         r.user_id for r in local_frame.select("user_id").collect()
     )

@@ -28,9 +28,10 @@ from pyspark.sql.types import (
 )
 
 from pipelines.bronze.events_raw import bronze_events_raw
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.config import Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import BRONZE_EVENTS_RAW, LAKE_SNAPSHOTS, TableSpec
+from pipelines.lake.tables import LAKE_SNAPSHOTS, TableSpec
 from pipelines.spark import class_loadable, connector_status
 from pipelines.streaming.delta import (
     TXN_APP_ID_CONF,
@@ -42,6 +43,7 @@ from pipelines.streaming.kafka_native import KAFKA_RECORDS_SCHEMA, kafka_records
 from pipelines.streaming.queries import await_query, start_table_stream
 from pipelines.streaming.sinks import append_handler, ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream, kafka_stream
+from pipelines.tables import LAKE_TABLES
 from tests.conftest import SharedBroker, make_settings
 from tests.streaming.helpers import contiguous, forget_commit, produce
 
@@ -65,7 +67,7 @@ def capped(settings: Settings, cap: int) -> Settings:
 
 
 def lake(tmp_path: Path) -> Catalog:
-    return Catalog.for_settings(make_settings(tmp_path / "lake"))
+    return Catalog.for_settings(make_settings(tmp_path / "lake"), LAKE_TABLES)
 
 
 def fields(schema: StructType) -> list[tuple[str, Any]]:
@@ -324,7 +326,7 @@ def test_append_handler_skips_a_batch_replayed_after_a_crash(
     bootstrap = kafka_broker.bootstrap_servers
     topic = settings.kafka.topics.click
     sent = produce(settings, bootstrap, topic, 250)
-    catalog = Catalog.for_settings(settings)
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     spec = BRONZE_EVENTS_RAW
     checkpoint = catalog.checkpoint(spec.name)
     ensure_table(spark, catalog, spec)

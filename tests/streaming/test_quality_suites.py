@@ -11,8 +11,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
 from pipelines.config import EVENT_TYPES
-from pipelines.lake.tables import SILVER_EVENTS
 from pipelines.quality.suites import SuiteRunner, silver_events_expectations
+from pipelines.silver.tables import SILVER_EVENTS
 
 pytestmark = pytest.mark.streaming
 

@@ -14,25 +14,22 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.testing import assertDataFrameEqual
 from typer.testing import CliRunner
 
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.cli import app
 from pipelines.config import Settings, SilverSettings, TriggerSettings
 from pipelines.lake.catalog import Catalog
-from pipelines.lake.tables import (
-    BRONZE_EVENTS_RAW,
-    QUALITY_BATCH_RESULTS,
-    SILVER_EVENTS,
-    SILVER_QUARANTINE,
-    SILVER_SESSIONS,
-)
 from pipelines.quality.accounting import reconcile
 from pipelines.quality.expectations import Expectation, load_rule_set
 from pipelines.quality.report import accounting_report
+from pipelines.quality.tables import QUALITY_BATCH_RESULTS
 from pipelines.silver.job import run_silver, silver_suite_validator
 from pipelines.silver.sessions import sessions as all_sessions
 from pipelines.silver.sessions_job import run_sessions, session_events
+from pipelines.silver.tables import SILVER_EVENTS, SILVER_QUARANTINE, SILVER_SESSIONS
 from pipelines.streaming.queries import StreamingJobError, stop_gracefully
 from pipelines.streaming.sinks import table_writer
 from pipelines.synthetic.clickstream import ClickstreamGenerator
+from pipelines.tables import LAKE_TABLES
 from tests.conftest import make_settings
 from tests.streaming.helpers import forget_commit
 
@@ -111,7 +108,7 @@ def rows(spark: SparkSession, catalog: Catalog, table: str) -> list[dict[str, An
 def test_every_bad_kind_lands_in_quarantine_with_its_rule(
     spark: SparkSession, settings: Settings
 ) -> None:
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     generator = ClickstreamGenerator(users=200, items=80, seed=11, bad_fraction=0.3, end=NOW)
     generated = list(generator.events(1_200))
     land_in_bronze(catalog, [e.value.decode("utf-8", "replace") for e in generated])
@@ -151,7 +148,7 @@ def test_every_bad_kind_lands_in_quarantine_with_its_rule(
 def test_hostile_timestamps_are_quarantined_and_no_silver_row_has_a_null_event_time(
     spark: SparkSession, settings: Settings
 ) -> None:
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     good = event()
     hostile = {
         '"timestamp": 4100000000000.0': 4_100_000_000_000.0,  # year 2099, once NULL in silver
@@ -180,7 +177,7 @@ def test_hostile_timestamps_are_quarantined_and_no_silver_row_has_a_null_event_t
 def test_a_row_breaking_two_rules_lists_both_and_warnings_never_drop(
     spark: SparkSession, settings: Settings
 ) -> None:
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     future = int((NOW + timedelta(days=2)).timestamp() * 1000)
     two_rules = event(user_id=None, timestamp=future)
     negative_jpy = event(
@@ -215,7 +212,7 @@ def test_a_row_breaking_two_rules_lists_both_and_warnings_never_drop(
 
 
 def test_typed_silver_row_matches_the_event(spark: SparkSession, settings: Settings) -> None:
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     purchase = event("purchase", timestamp="2026-11-20T10:15:30.250Z", session_id="s-1")
     purchase["properties"]["category"] = "books"
     land_in_bronze(catalog, [json.dumps(purchase)], ingest=datetime(2026, 11, 20, 11, tzinfo=UTC))
@@ -277,7 +274,7 @@ def test_typed_silver_row_matches_the_event(spark: SparkSession, settings: Setti
 def test_exact_duplicates_across_two_micro_batches_appear_once(
     spark: SparkSession, settings: Settings
 ) -> None:
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     first, second = event(), event("page_view")
     land_in_bronze(catalog, [json.dumps(first)])
     run_silver(spark, settings, trigger=TriggerSettings(mode="available-now"))
@@ -296,7 +293,7 @@ def test_accounting_holds_across_a_mid_stream_stop_and_replays_add_nothing(
     spark: SparkSession, settings: Settings
 ) -> None:
     capped = settings.model_copy(update={"silver": SilverSettings(max_files_per_trigger=1)})
-    catalog = Catalog(capped.storage)
+    catalog = Catalog(capped.storage, LAKE_TABLES)
     generator = ClickstreamGenerator(users=100, items=50, seed=5, bad_fraction=0.1, end=NOW)
     values = [e.value.decode("utf-8", "replace") for e in generator.events(900)]
     # Six bronze versions (one file each): six silver micro-batches. Three land before a
@@ -351,7 +348,7 @@ def test_accounting_holds_across_a_mid_stream_stop_and_replays_add_nothing(
 def test_a_half_written_batch_is_completed_without_duplicates_on_replay(
     spark: SparkSession, settings: Settings
 ) -> None:
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     values = [json.dumps(event()) for _ in range(20)] + ["{broken"]
     land_in_bronze(catalog, values)
     run_silver(spark, settings, trigger=TriggerSettings(mode="available-now"))
@@ -394,7 +391,7 @@ def test_the_batch_path_brings_no_batch_rows_to_the_driver(
     spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(tmp_path / "lake")  # the Great Expectations suite on every batch
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     generator = ClickstreamGenerator(users=100, items=50, seed=7, bad_fraction=0.2, end=NOW)
     values = [e.value.decode("utf-8", "replace") for e in generator.events(600)]
     land_in_bronze(catalog, values[:300])
@@ -446,7 +443,7 @@ def test_the_batch_path_brings_no_batch_rows_to_the_driver(
 def test_a_fail_rule_stops_the_query_naming_the_rule_and_a_sample(
     spark: SparkSession, settings: Settings
 ) -> None:
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     base = load_rule_set(SILVER_EVENTS.name, settings.rules_dir, settings.quality)
     strict = base.__class__(
         table=base.table,
@@ -472,7 +469,7 @@ def test_a_fail_rule_stops_the_query_naming_the_rule_and_a_sample(
 def test_sessions_follow_late_events_and_match_a_full_recomputation(
     spark: SparkSession, settings: Settings
 ) -> None:
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     t0 = NOW - timedelta(hours=5)
 
     def at(minutes: float, event_type: str = "page_view", user: str = "user-1") -> str:
@@ -506,7 +503,7 @@ def test_quality_check_cli_fails_when_the_accounting_is_broken(
     spark: SparkSession, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
 
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     land_in_bronze(catalog, [json.dumps(event()), "not json"])
     gx = settings.quality.great_expectations.model_copy(update={"enabled": True})
     checked = settings.model_copy(

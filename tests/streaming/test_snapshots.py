@@ -20,6 +20,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.testing import assertDataFrameEqual
 
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.maintenance import (
     RETENTION_CHECK_CONF,
@@ -36,9 +37,10 @@ from pipelines.lake.snapshots import (
     resolve_version,
     snapshots_location,
 )
-from pipelines.lake.tables import BRONZE_EVENTS_RAW, SILVER_EVENTS, SILVER_QUARANTINE
+from pipelines.silver.tables import SILVER_EVENTS, SILVER_QUARANTINE
 from pipelines.streaming.delta import conform
 from pipelines.streaming.sinks import ensure_table, table_writer
+from pipelines.tables import LAKE_TABLES
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.streaming
@@ -48,7 +50,7 @@ BRONZE = BRONZE_EVENTS_RAW.name
 
 @pytest.fixture
 def catalog(tmp_path: Path) -> Catalog:
-    return Catalog(make_settings(tmp_path / "lake").storage)
+    return Catalog(make_settings(tmp_path / "lake").storage, LAKE_TABLES)
 
 
 def raw_events(batch: int, n: int = 3) -> pa.Table:

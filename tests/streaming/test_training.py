@@ -18,15 +18,18 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from pipelines.config import Settings, TriggerSettings
 from pipelines.gold.job import run_gold
+from pipelines.gold.tables import GOLD_USER_FEATURES
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import SnapshotError, Snapshots
-from pipelines.lake.tables import GOLD_RECOMMENDATIONS, GOLD_USER_FEATURES, QUALITY_DRIFT_RESULTS
 from pipelines.monitoring.drift_job import check_drift
+from pipelines.monitoring.tables import QUALITY_DRIFT_RESULTS
 from pipelines.silver.job import run_silver
 from pipelines.silver.sessions_job import run_sessions
 from pipelines.streaming.sinks import table_writer
 from pipelines.synthetic.clickstream import ClickstreamGenerator
+from pipelines.tables import LAKE_TABLES
 from pipelines.training.recommendations import write_recommendations
+from pipelines.training.tables import GOLD_RECOMMENDATIONS
 from pipelines.training.train import TrainingRun, champion_model, configure_mlflow, train
 from tests.conftest import make_settings
 from tests.streaming.test_silver_job import land_in_bronze
@@ -49,7 +52,7 @@ def lake(
     spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Settings, TrainingRun, TrainingRun]]:
     settings = make_settings(tmp_path_factory.mktemp("training") / "lake")
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     # The generator's daily traffic cycle depends on the time of day of `end`: pin it (noon UTC
     # yesterday, within the allowed lateness) so the metrics do not change with the clock.
     end = datetime.combine(datetime.now(tz=UTC).date() - timedelta(days=1), time(12), tzinfo=UTC)
@@ -98,7 +101,7 @@ def test_mlflow_run_lists_every_input_table_with_its_snapshot_version(
             "version": source["delta_table_version"],
             "path": source["path"],
         }
-    pinned = Snapshots(Catalog(settings.storage)).get("s1").versions
+    pinned = Snapshots(Catalog(settings.storage, LAKE_TABLES)).get("s1").versions
     assert {t: inputs[t]["version"] for t in TABLES} == pinned
     assert inputs[first.training_set]["path"].endswith("gold/training_sets")
     assert run.data.params["snapshot"] == "s1"
@@ -132,7 +135,7 @@ def test_recommendations_for_known_and_unknown_users(
     assert len(unknown) == 7 and unknown["cold_start"].all()
     assert unknown["item_id"].is_unique and unknown["score"].isna().all()
     written = write_recommendations(spark, settings, k=5)
-    table = Catalog(settings.storage).read(spark, GOLD_RECOMMENDATIONS.name)
+    table = Catalog(settings.storage, LAKE_TABLES).read(spark, GOLD_RECOMMENDATIONS.name)
     assert table.count() == written["rows"] == 5 * written["users"] > 0
     assert {r.model_version for r in table.select("model_version").distinct().collect()} == {
         version
@@ -148,7 +151,7 @@ def test_drift_flags_only_the_shifted_feature(
     assert calm.drifted == []
     assert all(f.psi == 0.0 for f in calm.features if f.status != "skipped")
 
-    catalog = Catalog(settings.storage)
+    catalog = Catalog(settings.storage, LAKE_TABLES)
     current = catalog.read(spark, GOLD_USER_FEATURES.name)
     shifted = current.withColumn("page_view_count_7d", F.col("page_view_count_7d") * 4)
     table_writer(catalog, GOLD_USER_FEATURES).append_frame(

@@ -16,7 +16,7 @@ import yaml
 
 from pipelines import jobs, runtime
 from pipelines.config import ConfigError
-from pipelines.lake.tables import GOLD_ITEM_FEATURES, GOLD_USER_FEATURES
+from pipelines.gold.tables import GOLD_ITEM_FEATURES, GOLD_USER_FEATURES
 from pipelines.notebooks import Cell, NotebookError, parse_notebook, run_notebook, widget_names
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType
 from pyspark.testing import assertDataFrameEqual
 
+from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.config import QualitySettings
-from pipelines.lake.tables import BRONZE_EVENTS_RAW, SILVER_EVENTS, SILVER_QUARANTINE
 from pipelines.quality.expectations import load_rule_set
 from pipelines.quality.gate import Gate
 from pipelines.silver.events import (
@@ -25,6 +25,7 @@ from pipelines.silver.events import (
     quarantined_events,
     silver_events,
 )
+from pipelines.silver.tables import SILVER_EVENTS, SILVER_QUARANTINE
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = date(2026, 11, 20)
