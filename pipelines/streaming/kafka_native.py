@@ -19,9 +19,15 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructField, StructType, TimestampType
+from pyspark.sql.types import (
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
-from pipelines.bronze.tables import BRONZE_EVENTS_RAW
 from pipelines.config import KafkaSecurity, KafkaSettings
 from pipelines.spark import class_loadable
 
@@ -38,14 +44,14 @@ _LOGIN_MODULES = {
 }
 SECRET_OPTIONS = frozenset({"kafka.sasl.jaas.config"})
 REDACTED = "*** (redacted)"
-# Bronze's Kafka columns (defined once, in its table spec) plus the broker timestamp.
+# A Kafka record as the port hands it on (bronze's table takes its columns from here).
 KAFKA_RECORDS_SCHEMA = StructType(
     [
-        *(
-            StructField(f.name, f.dataType, True)
-            for f in BRONZE_EVENTS_RAW.schema.fields
-            if f.name in ("key", "value", "topic", "partition", "offset")
-        ),
+        StructField("key", StringType(), True),
+        StructField("value", StringType(), True),
+        StructField("topic", StringType(), True),
+        StructField("partition", IntegerType(), True),
+        StructField("offset", LongType(), True),
         StructField("timestamp", TimestampType(), True),
     ]
 )
