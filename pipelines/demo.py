@@ -80,91 +80,44 @@ def reset_demo_state(settings: Settings) -> list[str]:
     return removed
 
 
+@dataclass
+class _Ingested:
+    """What the edge and bronze did: SDK -> collector -> Kafka -> bronze.events_raw."""
+
+    collector_url: str
+    bootstrap_servers: str
+    tracked: Any
+    edge: dict[str, Any]
+    produce_s: float
+    bronze: Any
+    bronze_s: float
+
+
+@dataclass
+class _Layers:
+    silver: Any
+    silver_s: float
+    sessions: Any
+    sessions_s: float
+    gold: Any
+    gold_s: float
+
+
 def run_demo(lake: Lakehouse, hooks: DemoHooks | None = None) -> dict[str, Any]:
     """Run the demo and return its summary (the CLI prints it, ``--json`` as one object)."""
     hooks = hooks or DemoHooks()
     settings = lake.settings
-    demo = settings.demo
     started = time.perf_counter()
     removed = reset_demo_state(settings)
     if removed:
         hooks.stage(f"reset previous demo data: {', '.join(removed)}")
-    with (
-        embedded_broker(settings) as broker,
-        BackgroundCollector(settings, broker.bootstrap_servers) as collector,
-    ):
-        hooks.stage(f"embedded Kafka broker on {broker.bootstrap_servers}")
-        hooks.stage(f"collector on {collector.url} (SDK -> collector -> Kafka)")
-        generator = ClickstreamGenerator(
-            users=demo.users, items=demo.items, seed=demo.seed, bad_fraction=demo.bad_fraction
-        )
-        hooks.stage(
-            f"tracking {demo.events:,} events through the SDK ({demo.bad_fraction:.0%} bad)"
-        )
-        t0 = time.perf_counter()
-        tracked = track_clickstream(
-            generator,
-            demo.events,
-            collector.url,
-            settings.collector.first_write_key(),
-            Path(settings.storage.resolved().root) / "_spool",
-            on_progress=hooks.produced,
-        )
-        produce_s = time.perf_counter() - t0
-        edge = collector.collector.metrics.event_totals()
-
-        hooks.stage("starting Spark")
-        spark = lake.spark
-        hooks.stage("running bronze (Kafka -> bronze.events_raw, available-now)")
-        t0 = time.perf_counter()
-        seen = [0]
-
-        def progress(_query: object, stats: Any) -> None:
-            if stats.rows_written > seen[0]:
-                hooks.bronze_rows(stats.rows_written - seen[0])
-                seen[0] = stats.rows_written
-
-        bronze = run_bronze(
-            spark,
-            settings,
-            broker.bootstrap_servers,
-            trigger=TriggerSettings(mode="available-now"),
-            on_progress=progress,
-            monitor=lake.monitor,
-        )
-        bronze_s = time.perf_counter() - t0
-
-    hooks.stage("running silver (gate, quarantine, dedup, accounting, Great Expectations)")
-    t0 = time.perf_counter()
-    seen_silver = [0]
-
-    def silver_progress(_query: object, stats: Any) -> None:
-        done = stats.total("input_rows")
-        if done > seen_silver[0]:
-            hooks.silver_rows(done - seen_silver[0])
-            seen_silver[0] = done
-
-    catalog = lake.catalog
-    available_now = TriggerSettings(mode="available-now")
-    silver = run_silver(
-        spark,
-        settings,
-        trigger=available_now,
-        validator=lake.silver_validator(),
-        on_progress=silver_progress,
-        monitor=lake.monitor,
-    )
-    silver_s = time.perf_counter() - t0
-    hooks.stage("running sessions (30-minute inactivity gap, incremental MERGE)")
-    t0 = time.perf_counter()
-    sessions = run_sessions(spark, settings, trigger=available_now, monitor=lake.monitor)
-    sessions_s = time.perf_counter() - t0
-    hooks.stage("running gold (user and item features, gated by their suites)")
-    t0 = time.perf_counter()
-    gold = run_gold(
-        spark, settings, trigger=available_now, gate=lake.gold_gate(), monitor=lake.monitor
-    )
-    gold_s = time.perf_counter() - t0
+    ingested = _ingest(lake, hooks)
+    layers = _run_layers(lake, hooks)
+    spark, catalog, demo = lake.spark, lake.catalog, settings.demo
+    silver, sessions, gold = layers.silver, layers.sessions, layers.gold
+    silver_s, sessions_s, gold_s = layers.silver_s, layers.sessions_s, layers.gold_s
+    bronze, bronze_s = ingested.bronze, ingested.bronze_s
+    tracked, edge, produce_s = ingested.tracked, ingested.edge, ingested.produce_s
     hooks.stage("creating snapshot 'demo' and a point-in-time training set")
     snapshot = Snapshots(catalog).create(
         DEMO_SNAPSHOT,
@@ -199,7 +152,7 @@ def run_demo(lake: Lakehouse, hooks: DemoHooks | None = None) -> dict[str, Any]:
         "storage_root": settings.storage.resolved().root,
         "ingest": {
             "path": "tracking SDK -> HTTP collector -> Kafka",
-            "collector_url": collector.url,
+            "collector_url": ingested.collector_url,
             **tracked.to_dict(),
             "accepted": sum(edge["accepted"].values()),
             "rejected": sum(edge["rejected"].values()),
@@ -208,7 +161,7 @@ def run_demo(lake: Lakehouse, hooks: DemoHooks | None = None) -> dict[str, Any]:
             "events_per_second": round(demo.events / produce_s) if produce_s else None,
         },
         "kafka": {
-            "bootstrap_servers": broker.bootstrap_servers,
+            "bootstrap_servers": ingested.bootstrap_servers,
             "produced_per_topic": produced_per_topic,
             "produced": sum(produced_per_topic.values()),
             "dlq": sum(edge["rejected"].values()),
@@ -291,6 +244,100 @@ def run_demo(lake: Lakehouse, hooks: DemoHooks | None = None) -> dict[str, Any]:
         "matches": info.rows == sum(produced_per_topic.values()),
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _ingest(lake: Lakehouse, hooks: DemoHooks) -> _Ingested:
+    """Track the demo's events through the SDK and the collector into Kafka, then run bronze."""
+    settings, demo = lake.settings, lake.settings.demo
+    with (
+        embedded_broker(settings) as broker,
+        BackgroundCollector(settings, broker.bootstrap_servers) as collector,
+    ):
+        hooks.stage(f"embedded Kafka broker on {broker.bootstrap_servers}")
+        hooks.stage(f"collector on {collector.url} (SDK -> collector -> Kafka)")
+        generator = ClickstreamGenerator(
+            users=demo.users, items=demo.items, seed=demo.seed, bad_fraction=demo.bad_fraction
+        )
+        hooks.stage(
+            f"tracking {demo.events:,} events through the SDK ({demo.bad_fraction:.0%} bad)"
+        )
+        t0 = time.perf_counter()
+        tracked = track_clickstream(
+            generator,
+            demo.events,
+            collector.url,
+            settings.collector.first_write_key(),
+            Path(settings.storage.resolved().root) / "_spool",
+            on_progress=hooks.produced,
+        )
+        produce_s = time.perf_counter() - t0
+        edge = collector.collector.metrics.event_totals()
+
+        hooks.stage("starting Spark")
+        spark = lake.spark
+        hooks.stage("running bronze (Kafka -> bronze.events_raw, available-now)")
+        t0 = time.perf_counter()
+        seen = [0]
+
+        def progress(_query: object, stats: Any) -> None:
+            if stats.rows_written > seen[0]:
+                hooks.bronze_rows(stats.rows_written - seen[0])
+                seen[0] = stats.rows_written
+
+        bronze = run_bronze(
+            spark,
+            settings,
+            broker.bootstrap_servers,
+            trigger=TriggerSettings(mode="available-now"),
+            on_progress=progress,
+            monitor=lake.monitor,
+        )
+        bronze_s = time.perf_counter() - t0
+    return _Ingested(
+        collector.url,
+        broker.bootstrap_servers,
+        tracked,
+        edge,
+        produce_s,
+        bronze,
+        bronze_s,
+    )
+
+
+def _run_layers(lake: Lakehouse, hooks: DemoHooks) -> _Layers:
+    """Silver, sessions and gold, each drained once (available-now)."""
+    spark, settings = lake.spark, lake.settings
+    hooks.stage("running silver (gate, quarantine, dedup, accounting, Great Expectations)")
+    t0 = time.perf_counter()
+    seen_silver = [0]
+
+    def silver_progress(_query: object, stats: Any) -> None:
+        done = stats.total("input_rows")
+        if done > seen_silver[0]:
+            hooks.silver_rows(done - seen_silver[0])
+            seen_silver[0] = done
+
+    available_now = TriggerSettings(mode="available-now")
+    silver = run_silver(
+        spark,
+        settings,
+        trigger=available_now,
+        validator=lake.silver_validator(),
+        on_progress=silver_progress,
+        monitor=lake.monitor,
+    )
+    silver_s = time.perf_counter() - t0
+    hooks.stage("running sessions (30-minute inactivity gap, incremental MERGE)")
+    t0 = time.perf_counter()
+    sessions = run_sessions(spark, settings, trigger=available_now, monitor=lake.monitor)
+    sessions_s = time.perf_counter() - t0
+    hooks.stage("running gold (user and item features, gated by their suites)")
+    t0 = time.perf_counter()
+    gold = run_gold(
+        spark, settings, trigger=available_now, gate=lake.gold_gate(), monitor=lake.monitor
+    )
+    gold_s = time.perf_counter() - t0
+    return _Layers(silver, silver_s, sessions, sessions_s, gold, gold_s)
 
 
 def _most_active_user(spark: SparkSession, catalog: Catalog) -> str:

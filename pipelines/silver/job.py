@@ -61,7 +61,7 @@ from pipelines.silver.events import (
 from pipelines.silver.tables import SILVER_EVENTS, SILVER_QUARANTINE
 from pipelines.streaming.delta import BatchHandler, query_id_from_checkpoint
 from pipelines.streaming.queries import QueryMonitor, StepClock, await_query, start_table_stream
-from pipelines.streaming.sinks import AppendResult, ensure_table, table_writer
+from pipelines.streaming.sinks import AppendResult, DeltaWriter, ensure_table, table_writer
 from pipelines.streaming.sources import delta_stream
 from pipelines.tables import LAKE_TABLES
 
@@ -178,22 +178,12 @@ def silver_batch_handler(
                 load_id=load_id,
             )
             silver = silver_events(classified, duplicates)
-            metadata = {"lakehouse.load_id": load_id}
-            if account.quarantined_rows:  # an empty output makes no commit
-                writers[SILVER_QUARANTINE.name].append_frame(
-                    quarantined_events(classified), app_id(SILVER_QUARANTINE), batch_id, metadata
-                )
-            if account.written_rows:
-                written = writers[SILVER_EVENTS.name].append_frame(
-                    silver, app_id(SILVER_EVENTS), batch_id, metadata
-                )
-                _check_written(written, account)
-            results.append(
-                pa.Table.from_pylist([account.to_row()], schema=QUALITY_BATCH_RESULTS.arrow_schema),
-                app_id(QUALITY_BATCH_RESULTS),
-                batch_id,
-                metadata,
-                spark=spark,
+            _write_batch(
+                writers,
+                {spec.name: app_id(spec) for spec in _WRITES},
+                quarantine=quarantined_events(classified),
+                silver=silver,
+                account=account,
             )
             clock.lap("delta_writes")
             stats.batches_written += 1
@@ -208,6 +198,36 @@ def silver_batch_handler(
                 duplicates.unpersist()
 
     return handle
+
+
+def _write_batch(
+    writers: dict[str, DeltaWriter],
+    app_ids: dict[str, str],
+    *,
+    quarantine: DataFrame,
+    silver: DataFrame,
+    account: BatchAccount,
+) -> None:
+    """Quarantine, silver, then the accounting row, each one idempotent commit; an empty output
+    makes no commit, and the accounting row is last, so once it landed every write did."""
+    batch_id = account.batch_id
+    metadata = {"lakehouse.load_id": account.load_id}
+    if account.quarantined_rows:
+        writers[SILVER_QUARANTINE.name].append_frame(
+            quarantine, app_ids[SILVER_QUARANTINE.name], batch_id, metadata
+        )
+    if account.written_rows:
+        written = writers[SILVER_EVENTS.name].append_frame(
+            silver, app_ids[SILVER_EVENTS.name], batch_id, metadata
+        )
+        _check_written(written, account)
+    writers[QUALITY_BATCH_RESULTS.name].append(
+        pa.Table.from_pylist([account.to_row()], schema=QUALITY_BATCH_RESULTS.arrow_schema),
+        app_ids[QUALITY_BATCH_RESULTS.name],
+        batch_id,
+        metadata,
+        spark=silver.sparkSession,
+    )
 
 
 # The row-count expectation's upper bound: a silver micro-batch is a few bronze batches.
