@@ -25,10 +25,9 @@ from pipelines.contracts import (
     ContractError,
     ContractRegistry,
     check_compatibility,
-    unified_event_schema,
 )
 from pipelines.contracts.registry import MAX_EVENT_TIME_MS, event_time_ms, load_json
-from pipelines.contracts.spark_schema import event_spark_schema, spark_type
+from pipelines.contracts.spark_schema import event_spark_schema, spark_type, unified_event_schema
 from pipelines.silver.events import event_time
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 
