@@ -111,11 +111,12 @@ def check_jars(settings: Settings, session: Any) -> list[Check]:
     """The pinned JVM jars: each set resolved (``.jars/``), and each connector loading in the
     session (on a cluster, the runtime's own connectors)."""
     from pipelines.jvm import JAR_SETS, JarsMissingError, jar_set
+    from pipelines.spark import ships_pinned_jars
 
     checks = []
-    local = settings.spark.master.startswith("local")
+    pinned = ships_pinned_jars(settings)
     for name, coordinates in JAR_SETS.items():
-        if name == "spark" and not local:
+        if name == "spark" and not pinned:
             checks.append(Check("jars: spark", "ok", "cluster master: the cluster's own jars"))
             continue
         try:
