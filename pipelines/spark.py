@@ -140,8 +140,8 @@ def connector_jars(settings: Settings) -> list[str]:
     """The jar files a session adds to pyspark's own (``.jars/spark``).
 
     On a standalone cluster Spark's driver serves ``spark.jars`` to every executor, which adds
-    them to its classpath, so the cluster needs nothing installed but Spark itself (the same
-    version as pyspark) and this package's Python dependencies.
+    them to its classpath, so the workers need nothing installed but Spark itself (the version
+    pyspark pins).
 
     Empty for other cluster masters (the cluster provides its jars) and when ``spark.conf``
     already sets ``spark.jars`` or ``spark.jars.packages`` (the operator has chosen the jars).
