@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +73,6 @@ NOT_COMPARED = {
 }
 
 
-DriverResult = Callable[[], list[dict[str, Any]]]
-
-
 @dataclass(frozen=True)
 class StandaloneCluster:
     master_url: str
@@ -84,20 +81,35 @@ class StandaloneCluster:
 
 def _kill_groups(*procs: subprocess.Popen[bytes]) -> None:
     """SIGKILL each process's group (a JVM and, for a worker, its executors; for the driver, its
-    JVM) and wait until no process of any group is left."""
+    JVM) and wait until no process of any group is left running."""
     for proc in procs:
         with contextlib.suppress(ProcessLookupError):  # the whole group already exited
             os.killpg(proc.pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
     for proc in procs:
         proc.wait(max(0.0, deadline - time.monotonic()))
-        while True:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
+        while _group_running(proc.pid):
             assert time.monotonic() < deadline, f"process group {proc.pid} outlived SIGKILL"
             time.sleep(0.1)
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs. Killed executors are reparented to init,
+    which may reap them late: a zombie holds nothing, so on Linux only live ones count."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # the process ended while we looked
+            # pid (comm) state ppid pgrp …: comm may hold spaces, so split after its ")".
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
 
 
 def _master_status(status_url: str) -> dict[str, Any]:
@@ -196,11 +208,38 @@ def config_folder(root: Path, overrides: dict[str, Any]) -> Path:
     return conf
 
 
+class ClusterDriver:
+    """The driver process (``cluster_driver``: every layer on the cluster), running while this
+    process does other work."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], out: Path, err: Path, timeout_s: float):
+        self.proc, self.out, self.err, self.timeout_s = proc, out, err, timeout_s
+        self.deadline = time.monotonic() + timeout_s
+
+    def check(self) -> None:
+        """Fail now, with its log, if the driver has already failed."""
+        code = self.proc.poll()
+        assert code in (None, 0), f"the cluster driver failed ({code}):\n{self._tail()}"
+
+    def result(self) -> list[dict[str, Any]]:
+        """Wait for the driver (until the deadline); its JSON lines."""
+        try:
+            code: int | None = self.proc.wait(max(0.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            code = None
+        limit = f"limit {self.timeout_s:.0f} s"
+        assert code == 0, f"the cluster driver ended with {code} ({limit}):\n{self._tail()}"
+        lines = self.out.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def _tail(self) -> str:
+        return self.err.read_text()[-5000:]
+
+
 @contextmanager
-def cluster_driver(conf: Path, cwd: Path, timeout_s: float) -> Iterator[DriverResult]:
-    """The driver process (``cluster_driver``: every layer on the cluster), started on entry and
-    left running while the ``with`` block runs; ``result()`` waits for its JSON lines. Its process
-    group is killed on the way out, whatever happened."""
+def cluster_driver(conf: Path, cwd: Path, timeout_s: float) -> Iterator[ClusterDriver]:
+    """Start the driver process on entry; kill its process group on the way out, whatever
+    happened."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKEHOUSE_", "SPARK_"))}
     env |= {
         "LAKEHOUSE_ENV": "test",
@@ -209,9 +248,8 @@ def cluster_driver(conf: Path, cwd: Path, timeout_s: float) -> Iterator[DriverRe
         "SPARK_LOCAL_IP": "127.0.0.1",
     }
     out, err = cwd / "driver.out", cwd / "driver.err"
-    deadline = time.monotonic() + timeout_s
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        driver = subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "tests.integration.cluster_driver", "test"],
             stdout=stdout,
             stderr=stderr,
@@ -219,20 +257,10 @@ def cluster_driver(conf: Path, cwd: Path, timeout_s: float) -> Iterator[DriverRe
             cwd=cwd,
             start_new_session=True,  # its own process group: the driver JVM dies with it
         )
-
-    def result() -> list[dict[str, Any]]:
-        try:
-            code: int | None = driver.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            code = None
-        tail = err.read_text()[-5000:]
-        assert code == 0, f"the cluster driver ended with {code} (limit {timeout_s:.0f} s):\n{tail}"
-        return [json.loads(line) for line in out.read_text().splitlines() if line.startswith("{")]
-
     try:
-        yield result
+        yield ClusterDriver(proc, out, err, timeout_s)
     finally:
-        _kill_groups(driver)
+        _kill_groups(proc)
 
 
 def comparable(spark: SparkSession, settings: Settings, table: str) -> DataFrame:
@@ -290,12 +318,15 @@ def test_every_layer_on_a_standalone_cluster_gives_the_same_tables_as_local_mode
 
     # The cluster's driver runs in its own process while this one runs the same jobs locally.
     started = time.monotonic()
-    with cluster_driver(cluster_conf, cluster_root, timeout_s=900) as cluster_result:
+    with cluster_driver(cluster_conf, cluster_root, timeout_s=900) as driver:
         runtime = jobs.JobRuntime(load_settings=lambda env: local, spark=lambda settings: spark)
+        local_summaries: dict[str, jobs.Summary] = {}
         with jobs.job_runtime(runtime):
-            local_summaries = {job: jobs.JOBS[job]("test") for job in LAYERS}
+            for job in LAYERS:
+                local_summaries[job] = jobs.JOBS[job]("test")
+                driver.check()
         local_seconds = time.monotonic() - started
-        driver_lines = cluster_result()
+        driver_lines = driver.result()
         cluster_seconds = time.monotonic() - started
     summaries = {line["job"]: line for line in driver_lines if "job" in line}
     where = next(line for line in driver_lines if "master" in line)
