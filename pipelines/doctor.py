@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pipelines.config import ConfigError, Settings
 from pipelines.jvm import JAR_SETS, JarsMissingError, jar_set
 from pipelines.lake.objects import ObjectStore
-from pipelines.spark import build_spark, connector_status
+from pipelines.spark import build_spark, connector_status, ships_pinned_jars
 from pipelines.streaming.kafka import (
     KafkaUnavailableError,
     check_reachable,
@@ -119,9 +119,9 @@ def check_jars(settings: Settings, session: Any) -> list[Check]:
     session (on a cluster, the runtime's own connectors)."""
 
     checks = []
-    local = settings.spark.master.startswith("local")
+    pinned = ships_pinned_jars(settings)
     for name, coordinates in JAR_SETS.items():
-        if name == "spark" and not local:
+        if name == "spark" and not pinned:
             checks.append(Check("jars: spark", "ok", "cluster master: the cluster's own jars"))
             continue
         try:

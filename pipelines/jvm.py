@@ -3,10 +3,11 @@
 Two jar sets, each resolved with its transitive dependencies from Maven Central by Apache Ivy
 (the resolver pyspark ships, so a fresh machine needs only Python and Java):
 
-* ``spark``: what a local SparkSession adds to pyspark's own jars: delta-spark (matching the
-  pinned ``delta_spark`` wheel), Spark's Kafka connector (matching the pinned pyspark) and
-  hadoop-aws for ``s3a://`` storage (matching pyspark's Hadoop). Jars pyspark already ships
-  (same artifact) are left out of the classpath so one version of each class is loaded.
+* ``spark``: what a local or standalone-cluster (``spark://``) SparkSession adds to pyspark's
+  own jars: delta-spark (matching the pinned ``delta_spark`` wheel), Spark's Kafka connector
+  (matching the pinned pyspark) and hadoop-aws for ``s3a://`` storage (matching pyspark's
+  Hadoop). Jars pyspark already ships (same artifact) are left out of the classpath so one
+  version of each class is loaded.
 * ``broker``: the Apache Kafka server (KRaft) the embedded broker runs, in its own JVM and on its
   own classpath.
 

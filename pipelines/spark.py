@@ -3,8 +3,11 @@
 Everything else receives the session as an argument. Locally the session binds to 127.0.0.1,
 keeps the UI off, uses UTC, runs Python workers with this interpreter, and loads the project's
 pinned connector jars (delta-spark, spark-sql-kafka, hadoop-aws: ``pipelines.jvm``, resolved
-once by ``make``) from ``.jars/spark``; nothing is downloaded when a session starts. On Databricks
-``getOrCreate`` returns the cluster's session, where Delta and Kafka are built in.
+once by ``make``) from ``.jars/spark``; nothing is downloaded when a session starts. A Spark
+standalone cluster (master ``spark://host:port``) runs plain Spark, which has none of these
+connectors: the session ships the same pinned jars to its executors (``spark.jars``, served by
+the driver) and gives them the same S3A settings. On Databricks ``getOrCreate`` returns the
+cluster's session, where Delta and Kafka are built in.
 
 Every session built here has Delta's SQL extension and catalog, and registers the lake's tables
 under their logical names (``bronze.events_raw``, ``silver.events``, ``gold.user_features`` …), so
@@ -86,8 +89,12 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.pyspark.python": sys.executable,
         "spark.sql.streaming.stopActiveRunOnRestart": "true",
     }
+    storage = settings.storage.resolved()
+    if ships_pinned_jars(settings):
+        # CREATE SCHEMA (the catalog's layers) makes folders here: beside the tables, not in
+        # the driver's working directory.
+        conf["spark.sql.warehouse.dir"] = f"{storage.root}/_warehouse"
     if _is_local(settings):
-        storage = settings.storage.resolved()
         conf.update(
             {
                 "spark.ui.enabled": "false",
@@ -98,7 +105,6 @@ def session_conf(settings: Settings) -> dict[str, str]:
                 "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(
                     spark_settings.shuffle_partitions
                 ),
-                "spark.sql.warehouse.dir": f"{storage.root}/_warehouse",
             }
         )
         if not storage.remote:
@@ -119,28 +125,47 @@ def session_conf(settings: Settings) -> dict[str, str]:
     return conf
 
 
-def connector_jars(settings: Settings) -> list[str]:
-    """The jar files a local session adds to pyspark's own (``.jars/spark``).
+def ships_pinned_jars(settings: Settings) -> bool:
+    """Whether sessions of this master get the project's pinned connector jars (and S3A confs).
 
-    Empty for a non-local master (the cluster provides its jars) and when ``spark.conf`` already
-    sets ``spark.jars`` or ``spark.jars.packages`` (the operator has chosen the jars).
+    True for a local master and for a Spark standalone cluster (``spark://``): both run the
+    Spark that pyspark ships, without Delta, Kafka or S3A. Other cluster managers (YARN,
+    Kubernetes, Databricks) bring their own connectors, or the operator names them in
+    ``spark.conf``.
+    """
+    master = settings.spark.master
+    return _is_local(settings) or master.startswith("spark://")
+
+
+def connector_jars(settings: Settings) -> list[str]:
+    """The jar files a session adds to pyspark's own (``.jars/spark``).
+
+    On a standalone cluster Spark's driver serves ``spark.jars`` to every executor, which adds
+    them to its classpath, so the workers need nothing installed but Spark itself (the version
+    pyspark pins).
+
+    Empty for other cluster masters (the cluster provides its jars) and when ``spark.conf``
+    already sets ``spark.jars`` or ``spark.jars.packages`` (the operator has chosen the jars).
 
     Raises:
         JarsMissingError: the jars were never resolved (the message names the command).
     """
     user_conf = settings.spark.conf
-    if not _is_local(settings) or "spark.jars" in user_conf or "spark.jars.packages" in user_conf:
+    chosen = "spark.jars" in user_conf or "spark.jars.packages" in user_conf
+    if not ships_pinned_jars(settings) or chosen:
         return []
     return [str(jar) for jar in jar_set("spark").jars]
 
 
 def s3a_conf(settings: Settings) -> dict[str, str]:
-    """Hadoop's S3A filesystem for an ``s3://`` storage root, as session confs (local only).
+    """Hadoop's S3A filesystem for an ``s3://`` storage root, as session confs (local and
+    standalone masters: the ones given the pinned hadoop-aws).
 
     ``s3://`` paths are served by S3A (Databricks maps them itself), with the endpoint, region
     and credentials of ``storage.s3``; without keys, S3A's default provider chain applies.
+    ``spark.hadoop.*`` confs reach the executors' Hadoop configuration too.
     """
-    if not _is_local(settings):
+    if not ships_pinned_jars(settings):
         return {}
     return {f"spark.hadoop.{k}": v for k, v in settings.storage.s3a_options().items()}
 

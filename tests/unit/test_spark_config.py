@@ -72,11 +72,40 @@ def test_operator_supplied_jars_are_kept_and_nothing_is_added(tmp_path: Path, ke
     assert conf["spark.sql.extensions"] == DELTA_EXTENSION  # still a Delta session
 
 
-def test_a_cluster_master_gets_the_delta_session_confs_but_no_jars(tmp_path: Path) -> None:
-    settings = settings_with(tmp_path, spark={"master": "spark://spark-master:7077"})
+@pytest.mark.parametrize("master", ["yarn", "k8s://https://10.0.0.1:6443"])
+def test_a_managed_cluster_master_gets_the_delta_session_confs_but_no_jars(
+    tmp_path: Path, master: str
+) -> None:
+    settings = settings_with(tmp_path, spark={"master": master})
     conf = session_conf(settings)
     assert "spark.jars" not in conf
     assert "spark.driver.bindAddress" not in conf
+    assert conf["spark.sql.catalog.spark_catalog"] == DELTA_CATALOG
+
+
+def test_a_standalone_master_ships_the_pinned_jars_and_s3a_to_its_executors(
+    tmp_path: Path,
+) -> None:
+    storage = {
+        "root": "s3://lake/recsys",
+        "checkpoint_root": str(tmp_path / "ckpt"),
+        "s3": {
+            "endpoint_url": "http://minio:9000",
+            "access_key_id": "AK",
+            "secret_access_key": "SK",
+        },
+    }
+    settings = settings_with(
+        tmp_path, spark={"master": "spark://spark-master:7077"}, storage=storage
+    )
+    conf = session_conf(settings)
+    assert conf["spark.jars"].split(",") == [str(j) for j in jar_set("spark").jars]
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://minio:9000"
+    assert conf["spark.sql.warehouse.dir"] == "s3://lake/recsys/_warehouse"
+    # The executors connect back to the driver: it must not bind to loopback, and the cluster
+    # keeps its own UI and scratch space.
+    for local_only in ("spark.driver.bindAddress", "spark.ui.enabled", "spark.local.dir"):
+        assert local_only not in conf
     assert conf["spark.sql.catalog.spark_catalog"] == DELTA_CATALOG
 
 
