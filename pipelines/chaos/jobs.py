@@ -1041,7 +1041,7 @@ def run_job_crashes(
         (workdir / "lakehouse.py").write_text(
             "# What the `lakehouse` console script runs (`python -c` would not do: pyspark takes\n"
             "# a __main__ without a file for its own doctests and exits).\n"
-            "from pipelines.cli import main\n\nmain()\n"
+            "from pipelines.cli.main import main\n\nmain()\n"
         )
         plan_text = ", ".join(f"{job} {len(plans[job])}" for job in JOBS)
         log(f"plan: {crashes} kills ({plan_text}), {events:,} events in {waves} waves")

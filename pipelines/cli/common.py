@@ -106,13 +106,17 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    context: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
     if version:
         out.print(pkg_version("lakehouse-pipelines"))
         raise typer.Exit(0)
+    if context.invoked_subcommand is None:
+        out.print(context.get_help())
+        raise typer.Exit(2)
 
 
 # -- helpers for output -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from pipelines.cli.main import app
 from pipelines.doctor import run_checks
 from tests.conftest import SharedBroker, conf_folder, free_port, make_settings
 

@@ -16,7 +16,7 @@ from pyspark.sql.streaming import StreamingQuery
 from typer.testing import CliRunner
 
 from pipelines.bronze.job import run_bronze
-from pipelines.cli import app
+from pipelines.cli.main import app
 from pipelines.config import AlertSettings, Settings, TriggerSettings
 from pipelines.lake.catalog import Catalog
 from pipelines.monitoring.alerts import evaluate

@@ -15,7 +15,7 @@ from pyspark.testing import assertDataFrameEqual
 from typer.testing import CliRunner
 
 from pipelines.bronze.tables import BRONZE_EVENTS_RAW
-from pipelines.cli import app
+from pipelines.cli.main import app
 from pipelines.config import Settings, SilverSettings, TriggerSettings
 from pipelines.lake.catalog import Catalog
 from pipelines.quality.accounting import reconcile

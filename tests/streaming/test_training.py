@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from pipelines.cli.main import app
 from pipelines.config import Settings, TriggerSettings
 from pipelines.gold.job import run_gold
 from pipelines.gold.tables import GOLD_USER_FEATURES

@@ -4,8 +4,6 @@ hostile corpus' accounting, which must notice a lost event or a refused one publ
 from __future__ import annotations
 
 import json
-import sys
-import types
 import uuid
 from pathlib import Path
 
@@ -14,13 +12,14 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from pipelines.chaos import runner
 from pipelines.chaos.hostile import Answer, Outcome, hostile_result
 from pipelines.chaos.hostile_corpus import CorpusContext, Element, HostileCorpus, HostileRequest
 from pipelines.chaos.readback import tally
 from pipelines.chaos.report import ChaosResult, render, totals
 from pipelines.chaos.runner import run_chaos
-from pipelines.cli import app
 from pipelines.cli import chaos as chaos_command
+from pipelines.cli.main import app
 from pipelines.collector.segment import SEGMENT_NAMESPACE
 from tests.conftest import make_settings
 
@@ -262,8 +261,7 @@ def test_the_job_crash_part_is_called_with_the_sizes(
         calls.append({"workdir": workdir, **kwargs})
         return ChaosResult("job crashes", 20, 10_000, 0, 0, {})
 
-    fake = types.SimpleNamespace(run_job_crashes=run_job_crashes)
-    monkeypatch.setitem(sys.modules, "pipelines.chaos.jobs", fake)
+    monkeypatch.setattr(runner, "run_job_crashes", run_job_crashes)
     results = run_chaos(
         tmp_path, quick=False, seed=5, parts={"jobs"}, log=lambda _m: None, settings=settings
     )

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+from importlib.metadata import version as pkg_version
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.cli import app
 from pipelines.cli.common import normalise_interval
+from pipelines.cli.main import app
 from pipelines.config import ConfigError
 from tests.conftest import conf_folder
 
@@ -89,3 +90,9 @@ def test_collector_serve_without_write_keys_exits_2_naming_the_key(tmp_path: Pat
     result = CliRunner().invoke(app, ["collector", "serve", "--env", "bare"], env=env)
     assert result.exit_code == 2
     assert "collector.write_keys is empty" in result.output
+
+
+def test_version_prints_the_installed_version() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == pkg_version("lakehouse-pipelines")

@@ -19,7 +19,7 @@ from pyspark.sql.types import (
 )
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from pipelines.cli.main import app
 from pipelines.contracts import (
     SCHEMAS_DIR,
     ContractError,
