@@ -330,84 +330,70 @@ def run_collector_broker_restarts(
     folder = workdir / "collector-broker-restart"
     broker = embedded_broker(settings, num_brokers=1, data_dir=folder / "kafka")
     log(f"{RESTARTS}: starting a broker and a collector process in {folder}")
-    sdk_log = logging.getLogger("pipelines.tracking")
-    sdk_level = sdk_log.level
-    sdk_log.setLevel(logging.ERROR)
-    broker.start()
     collector: CollectorProcess | None = None
     trackers: list[Tracker] = []
     details: dict[str, Any] = {}
-    try:
-        key = secrets.token_urlsafe(16)
-        port = free_port()
-        edge = _edge_settings(settings, folder, broker, key, port)
-        collector = CollectorProcess(folder / "conf", port, folder / "collector.log")
-        collector.start()
-        trackers = [
-            Tracker(
-                collector.url,
-                key,
-                spool_dir=folder / f"spool-{i}",
-                batch_size=100,
-                flush_interval_s=0.2,
-                backoff_base_s=0.1,
-                backoff_max_s=2.0,  # an app on a flaky network would pick seconds, not 30
+    with _sdk_warnings_silenced():
+        broker.start()
+        try:
+            key = secrets.token_urlsafe(16)
+            port = free_port()
+            edge = _edge_settings(settings, folder, broker, key, port)
+            collector = CollectorProcess(folder / "conf", port, folder / "collector.log")
+            collector.start()
+            trackers = _app_trackers(collector.url, key, folder, senders)
+            load = _TrackingLoad(trackers, seed, rate)
+            load.start()
+            schedule = [RESTART_SCHEDULE[i % len(RESTART_SCHEDULE)] for i in range(restarts)]
+            actions: Counter[str] = Counter()
+            for n, action in enumerate(schedule, start=1):
+                load.wait_tracked(events * n // (restarts + 1), WAIT_TIMEOUT_S)
+                # Down while the app tracks 0.5 to 3 seconds' worth of events.
+                outage = rng.randint(rate // 2, rate * 3)
+                log(f"{RESTARTS}: {action} after {load.tracked:,} events, down for {outage:,} more")
+                broker_moved = _restart(
+                    action,
+                    collector,
+                    broker,
+                    functools.partial(load.wait_tracked, load.tracked + outage, WAIT_TIMEOUT_S),
+                    log,
+                )
+                if broker_moved:
+                    # The collector's config names the broker: a broker on new ports needs a
+                    # collector restart, as it would in a deployment.
+                    details["broker_moved"] = details.get("broker_moved", 0) + 1
+                    edge = _edge_settings(settings, folder, broker, key, port)
+                    collector.stop()
+                    collector.start()
+                actions[action] += 1
+            # Traffic goes on for a while after the last restart, and to at least ``events``.
+            load.wait_tracked(max(events, load.tracked + rate * 2), WAIT_TIMEOUT_S + events / rate)
+            load.stop()
+            settle_s = _settle(trackers, WAIT_TIMEOUT_S * 2)
+            tracked = f"{load.tracked:,} events tracked"
+            log(f"{RESTARTS}: {tracked}; the SDK settled {settle_s:.1f}s later")
+            stats = [t.stats for t in trackers]
+            found = read_topics(
+                client_config(edge.kafka, broker.bootstrap_servers),
+                [*edge.kafka.topics.event_topics, edge.kafka.topics.dlq],
             )
-            for i in range(senders)
-        ]
-        load = _TrackingLoad(trackers, seed, rate)
-        load.start()
-        schedule = [RESTART_SCHEDULE[i % len(RESTART_SCHEDULE)] for i in range(restarts)]
-        actions: Counter[str] = Counter()
-        for n, action in enumerate(schedule, start=1):
-            load.wait_tracked(events * n // (restarts + 1), WAIT_TIMEOUT_S)
-            # Down while the app tracks 0.5 to 3 seconds' worth of events.
-            outage = rng.randint(rate // 2, rate * 3)
-            log(f"{RESTARTS}: {action} after {load.tracked:,} events, down for {outage:,} more")
-            broker_moved = _restart(
-                action,
-                collector,
-                broker,
-                functools.partial(load.wait_tracked, load.tracked + outage, WAIT_TIMEOUT_S),
-                log,
-            )
-            if broker_moved:
-                # The collector's config names the broker: a broker on new ports needs a
-                # collector restart, as it would in a deployment.
-                details["broker_moved"] = details.get("broker_moved", 0) + 1
-                edge = _edge_settings(settings, folder, broker, key, port)
+            collector_code = collector.stop()
+        finally:
+            for tracker in trackers:
+                tracker.close(timeout_s=5)
+            if collector is not None:
                 collector.stop()
-                collector.start()
-            actions[action] += 1
-        # Traffic goes on for a while after the last restart, and to at least ``events``.
-        load.wait_tracked(max(events, load.tracked + rate * 2), WAIT_TIMEOUT_S + events / rate)
-        load.stop()
-        settle_s = _settle(trackers, WAIT_TIMEOUT_S * 2)
-        log(f"{RESTARTS}: {load.tracked:,} events tracked; the SDK settled {settle_s:.1f}s later")
-        stats = [t.stats for t in trackers]
-        found = read_topics(
-            client_config(edge.kafka, broker.bootstrap_servers),
-            [*edge.kafka.topics.event_topics, edge.kafka.topics.dlq],
-        )
-        collector_code = collector.stop()
-    finally:
-        for tracker in trackers:
-            tracker.close(timeout_s=5)
-        if collector is not None:
-            collector.stop()
-        broker.stop()
-        sdk_log.setLevel(sdk_level)
+            broker.stop()
     dlq = found.pop(edge.kafka.topics.dlq)
     counted = tally(
         load.ids, by_event_id((v for vs in found.values() for v in vs), without_received_at)
     )
-    totals = _sum_stats(stats)
     details |= {
         "restarts": dict(actions),
         REDELIVERED: counted.redelivered,
         "in_dlq": len(dlq),
         "settle_s": round(settle_s, 1),
-        "sdk": {k: totals[k] for k in ("retried", "spooled", "unspooled", "dropped", "parked")},
+        "sdk": _sdk_counters(stats),
         "collector_exit_code": collector_code,
     }
     return ChaosResult(
@@ -418,6 +404,35 @@ def run_collector_broker_restarts(
         duplicated=counted.duplicated,
         details=details,
     )
+
+
+@contextlib.contextmanager
+def _sdk_warnings_silenced() -> Iterator[None]:
+    """Only errors from the SDK's logger: its warnings about the outages a part causes on
+    purpose would flood the log."""
+    sdk_log = logging.getLogger("pipelines.tracking")
+    level = sdk_log.level
+    sdk_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        sdk_log.setLevel(level)
+
+
+def _app_trackers(url: str, key: str, folder: Path, senders: int) -> list[Tracker]:
+    """One SDK per app thread, each with its own spool, tuned for quick recoveries."""
+    return [
+        Tracker(
+            url,
+            key,
+            spool_dir=folder / f"spool-{i}",
+            batch_size=100,
+            flush_interval_s=0.2,
+            backoff_base_s=0.1,
+            backoff_max_s=2.0,  # an app on a flaky network would pick seconds, not 30
+        )
+        for i in range(senders)
+    ]
 
 
 def _edge_settings(
@@ -551,8 +566,9 @@ def _settle(trackers: Sequence[Tracker], timeout_s: float) -> float:
     return time.monotonic() - started
 
 
-def _sum_stats(stats: Sequence[TrackerStats]) -> dict[str, int]:
+def _sdk_counters(stats: Sequence[TrackerStats]) -> dict[str, int]:
+    """What the trackers retried, spooled, unspooled, dropped and parked, summed over all."""
     total: Counter[str] = Counter()
     for s in stats:
         total.update({k: v for k, v in asdict(s).items() if isinstance(v, int)})
-    return dict(total)
+    return {k: total[k] for k in ("retried", "spooled", "unspooled", "dropped", "parked")}

@@ -418,18 +418,7 @@ class _Ledger:
 
     # -- what the topics hold -------------------------------------------------------------------
     def result(self, found: dict[str, list[bytes]], outcome: Outcome) -> ChaosResult:
-        copies: dict[str, dict[str, list[bytes]]] = defaultdict(lambda: defaultdict(list))
-        unmatched: Counter[str] = Counter()
-        records: Counter[str] = Counter()
-        for topic, values in found.items():
-            kind = DLQ if topic == self._dlq else ACCEPTED
-            records[kind] += len(values)
-            for value in values:
-                ref, content = self._ref(value, dlq=kind == DLQ)
-                if ref is not None and (ref in self.where or ref in self.refused):
-                    copies[ref][topic].append(content)
-                else:
-                    unmatched[kind] += 1
+        copies, unmatched, records = self._copies_by_ref(found)
         lost_refs = [
             ref for ref, allowed in self.where.items() if not allowed & set(copies.get(ref, {}))
         ]
@@ -438,32 +427,10 @@ class _Ledger:
         shortfall = {k: max(0, self.uncounted[k] - unmatched[k]) for k in (ACCEPTED, DLQ)}
         surplus = {k: max(0, unmatched[k] - self.uncounted[k]) for k in (ACCEPTED, DLQ)}
         leaked = sorted(r for r in self.refused if r in copies and r not in self.where)
-        duplicated = redelivered = 0
-        for by_topic in copies.values():
-            for topic, contents in by_topic.items():
-                if topic == self._dlq or len(contents) < 2:
-                    continue
-                if len(set(contents)) > 1:
-                    duplicated += 1
-                else:
-                    redelivered += len(contents) - 1
-        crashes = outcome.crashes
-        problems = [f"the collector died {len(crashes)} time(s): {crashes}"] * bool(crashes)
-        problems += [f"server errors: {self.server_errors[:5]}"] * bool(self.server_errors)
-        problems += [f"no answer: {self.unanswered[:5]}"] * bool(self.unanswered)
-        problems += [f"refused, yet published: {leaked[:5]}"] * bool(leaked)
-        problems += [f"answers not matching the request: {self.mismatched[:5]}"] * bool(
-            self.mismatched
-        )
-        problems += [f"unexpected messages: {dict(surplus)}"] * bool(sum(surplus.values()))
-        if not outcome.healthy_at_end:
-            problems.append("the collector did not answer /healthz at the end")
-        if outcome.exit_code not in (0, None):
-            problems.append(f"the collector exited with code {outcome.exit_code} on SIGTERM")
+        duplicated, redelivered = self._repeated_copies(copies)
         rises = [(a.rss_rise, r) for r, a in outcome.answers if a.rss_rise is not None]
         worst_rise, worst = max(rises, key=lambda x: x[0], default=(0, None))
-        if worst_rise > MEMORY_LIMIT:
-            problems.append(f"one request raised resident memory by {worst_rise / 2**20:.0f} MB")
+        problems = self._problems(outcome, leaked, surplus, worst_rise)
         statuses: Counter[str] = Counter()
         for counts in self.kinds.values():
             statuses.update(counts.statuses)
@@ -475,7 +442,7 @@ class _Ledger:
             "found_by_id": len(self.where) - len(lost_refs),
             "counted_without_id": dict(self.uncounted),
             "retried_429_503": sum(a.attempts - 1 for _r, a in outcome.answers),
-            "collector_crashes": len(crashes),
+            "collector_crashes": len(outcome.crashes),
             "collector_up_at_end": outcome.healthy_at_end,
             "collector_exit_code": outcome.exit_code,
             PEAK_RSS: outcome.peak_rss,
@@ -493,6 +460,60 @@ class _Ledger:
             details=details,
             error="; ".join(problems) or None,
         )
+
+    def _copies_by_ref(
+        self, found: dict[str, list[bytes]]
+    ) -> tuple[dict[str, dict[str, list[bytes]]], Counter[str], Counter[str]]:
+        """The records read back, grouped by the reference they are found by and their topic;
+        with the records of no known reference and all records, each counted by accepted/DLQ."""
+        copies: dict[str, dict[str, list[bytes]]] = defaultdict(lambda: defaultdict(list))
+        unmatched: Counter[str] = Counter()
+        records: Counter[str] = Counter()
+        for topic, values in found.items():
+            kind = DLQ if topic == self._dlq else ACCEPTED
+            records[kind] += len(values)
+            for value in values:
+                ref, content = self._ref(value, dlq=kind == DLQ)
+                if ref is not None and (ref in self.where or ref in self.refused):
+                    copies[ref][topic].append(content)
+                else:
+                    unmatched[kind] += 1
+        return copies, unmatched, records
+
+    def _repeated_copies(self, copies: dict[str, dict[str, list[bytes]]]) -> tuple[int, int]:
+        """References published more than once to one accepted topic: with differing content
+        (duplicated, counted once per reference), and identical extra copies (redelivered)."""
+        duplicated = redelivered = 0
+        for by_topic in copies.values():
+            for topic, contents in by_topic.items():
+                if topic == self._dlq or len(contents) < 2:
+                    continue
+                if len(set(contents)) > 1:
+                    duplicated += 1
+                else:
+                    redelivered += len(contents) - 1
+        return duplicated, redelivered
+
+    def _problems(
+        self, outcome: Outcome, leaked: list[str], surplus: dict[str, int], worst_rise: int
+    ) -> list[str]:
+        """What went wrong in the run, each a sentence; empty when the collector held up."""
+        crashes = outcome.crashes
+        problems = [f"the collector died {len(crashes)} time(s): {crashes}"] * bool(crashes)
+        problems += [f"server errors: {self.server_errors[:5]}"] * bool(self.server_errors)
+        problems += [f"no answer: {self.unanswered[:5]}"] * bool(self.unanswered)
+        problems += [f"refused, yet published: {leaked[:5]}"] * bool(leaked)
+        problems += [f"answers not matching the request: {self.mismatched[:5]}"] * bool(
+            self.mismatched
+        )
+        problems += [f"unexpected messages: {dict(surplus)}"] * bool(sum(surplus.values()))
+        if not outcome.healthy_at_end:
+            problems.append("the collector did not answer /healthz at the end")
+        if outcome.exit_code not in (0, None):
+            problems.append(f"the collector exited with code {outcome.exit_code} on SIGTERM")
+        if worst_rise > MEMORY_LIMIT:
+            problems.append(f"one request raised resident memory by {worst_rise / 2**20:.0f} MB")
+        return problems
 
     def _ref(self, value: bytes, *, dlq: bool) -> tuple[str | None, bytes]:
         """The reference a record is found by, and its content to compare copies by."""

@@ -614,63 +614,7 @@ class HostileCorpus:
         user = f"user-{self.rng.randrange(2000):05d}"
         item = f"item-{self.rng.randrange(500):05d}"
         message: dict[str, Any] = {"messageId": message_id, "type": "track", "userId": user}
-        event_type: str | None = None
-        extra = 0
-        if kind in ("track mapped", "non-UUID messageId", "no messageId", "numeric messageId"):
-            message |= {"event": self._name("click"), "properties": {"product_id": item}}
-            event_type = "click"
-        elif kind == "track viewed":
-            message |= {"event": self._name("page_view"), "properties": {"product_id": item}}
-            event_type = "page_view"
-        elif kind == "track searched":
-            message |= {"event": self._name("search"), "properties": {"query": "red shoes"}}
-            event_type = "search"
-        elif kind == "track added":
-            message |= {
-                "event": self._name("add_to_cart"),
-                "properties": {"product_id": item, "price": 9.5, "quantity": 2},
-            }
-            event_type = "add_to_cart"
-        elif kind == "track by type name":
-            message |= {"event": "click", "properties": {"item_id": item, "position": 2}}
-            event_type = "click"
-        elif kind == "track missing product":
-            message |= {"event": self._name("click"), "properties": {}}
-            event_type = "click"
-        elif kind == "order":
-            lines = self.rng.randint(1, 5)
-            message |= {
-                "event": "Order Completed",
-                "properties": {
-                    "order_id": f"o-{self.rng.randrange(10**6)}",
-                    "currency": "EUR",
-                    "products": [{"product_id": item, "price": 5.0} for _ in range(lines)],
-                },
-            }
-            event_type, extra = "purchase", lines - 1
-        elif kind == "page":
-            message |= {"type": "page", "name": "Home", "properties": {"url": "https://x.y/"}}
-            event_type = "page_view"
-        elif kind == "identify":
-            message |= {"type": "identify", "traits": {"plan": "pro", "email": "a@b.c"}}
-            event_type = "identity"
-        elif kind == "identify without ids":
-            message = {"messageId": message_id, "type": "identify", "traits": {}}
-        elif kind == "identify bad traits":
-            message |= {"type": "identify", "traits": ["not", "an", "object"]}
-        elif kind in ("screen", "group", "alias"):
-            message |= {"type": kind, "name": "x"}
-        elif kind == "unknown type":
-            message |= {"type": "teleport"}
-        elif kind == "unmapped event":
-            message |= {"event": "Coupon Applied", "properties": {"coupon": "X"}}
-        elif kind == "event name not a string":
-            message |= {"event": 12345}
-        elif kind == "anonymous only":
-            del message["userId"]
-            message |= {"anonymousId": f"anon-{self.rng.randrange(10**6)}"}
-            message |= {"event": self._name("click"), "properties": {"sku": item}}
-            event_type = "click"
+        event_type, extra = self._shape_segment_message(kind, message, item)
         if kind == "no messageId":
             del message["messageId"]
             return message, Element(None, event_type), extra
@@ -681,6 +625,41 @@ class HostileCorpus:
             value: Any = self.rng.choice(["a string", 42, None, [1, 2]])
             return value, Element(None), 0
         return message, Element(None, event_type, message_id, order=kind == "order"), extra
+
+    def _shape_segment_message(
+        self, kind: str, message: dict[str, Any], item: str
+    ) -> tuple[str | None, int]:
+        """Turn the bare track ``message`` into a ``kind``; returns the contract type it should
+        map to (None for one the collector must refuse or ignore) and its lines beyond the first."""
+        if kind in MAPPED_TRACKS:
+            event_type, properties = MAPPED_TRACKS[kind]
+            message |= {"event": self._name(event_type), "properties": properties(item)}
+            return event_type, 0
+        if kind in FIXED_MESSAGES:
+            fields, fixed_type = FIXED_MESSAGES[kind]
+            message |= fields(item)
+            return fixed_type, 0
+        if kind == "order":
+            lines = self.rng.randint(1, 5)
+            message |= {
+                "event": "Order Completed",
+                "properties": {
+                    "order_id": f"o-{self.rng.randrange(10**6)}",
+                    "currency": "EUR",
+                    "products": [{"product_id": item, "price": 5.0} for _ in range(lines)],
+                },
+            }
+            return "purchase", lines - 1
+        if kind == "identify without ids":
+            del message["userId"]
+            message |= {"type": "identify", "traits": {}}
+            return None, 0
+        if kind == "anonymous only":
+            del message["userId"]
+            message |= {"anonymousId": f"anon-{self.rng.randrange(10**6)}"}
+            message |= {"event": self._name("click"), "properties": {"sku": item}}
+            return "click", 0
+        return None, 0  # "not an object": the caller sends something else instead
 
     def _name(self, event_type: str) -> str:
         names = self._names.get(event_type) or [event_type]
@@ -960,6 +939,48 @@ SEGMENT_MESSAGES = [
     "numeric messageId",
     "not an object",
 ]
+
+# Track messages named as the collector's mapping names a contract type: kind -> that type and
+# the properties for an item.
+MAPPED_TRACKS: dict[str, tuple[str, Callable[[str], dict[str, Any]]]] = {
+    "track mapped": ("click", lambda item: {"product_id": item}),
+    "non-UUID messageId": ("click", lambda item: {"product_id": item}),
+    "no messageId": ("click", lambda item: {"product_id": item}),
+    "numeric messageId": ("click", lambda item: {"product_id": item}),
+    "track viewed": ("page_view", lambda item: {"product_id": item}),
+    "track searched": ("search", lambda _item: {"query": "red shoes"}),
+    "track added": ("add_to_cart", lambda item: {"product_id": item, "price": 9.5, "quantity": 2}),
+    "track missing product": ("click", lambda _item: {}),
+}
+# Messages of fixed fields: kind -> the fields for an item, and the contract type they map to
+# (None: the collector refuses or ignores them).
+FIXED_MESSAGES: dict[str, tuple[Callable[[str], dict[str, Any]], str | None]] = {
+    "track by type name": (
+        lambda item: {"event": "click", "properties": {"item_id": item, "position": 2}},
+        "click",
+    ),
+    "page": (
+        lambda _item: {"type": "page", "name": "Home", "properties": {"url": "https://x.y/"}},
+        "page_view",
+    ),
+    "identify": (
+        lambda _item: {"type": "identify", "traits": {"plan": "pro", "email": "a@b.c"}},
+        "identity",
+    ),
+    "identify bad traits": (
+        lambda _item: {"type": "identify", "traits": ["not", "an", "object"]},
+        None,
+    ),
+    "screen": (lambda _item: {"type": "screen", "name": "x"}, None),
+    "group": (lambda _item: {"type": "group", "name": "x"}, None),
+    "alias": (lambda _item: {"type": "alias", "name": "x"}, None),
+    "unknown type": (lambda _item: {"type": "teleport"}, None),
+    "unmapped event": (
+        lambda _item: {"event": "Coupon Applied", "properties": {"coupon": "X"}},
+        None,
+    ),
+    "event name not a string": (lambda _item: {"event": 12345}, None),
+}
 
 METHOD_PATHS = [
     ("GET", "/v1/events"),

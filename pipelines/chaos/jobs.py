@@ -445,7 +445,28 @@ class _Chaos:
         """One job's life: wait for its input, take a JVM slot, run and kill it as planned,
         then drain it once its upstream has finished."""
         spec = _SPECS[job]
-        kills = self.plans[job]
+        self._wait_for_input(job, spec)
+        self._wait(lambda: self.slots.acquire(timeout=POLL_S), f"a JVM slot for {job}", 1e9)
+        try:
+            if job == "bronze":
+                self._publish_wave()
+            self._run_kill_plans(job, spec)
+            if job == "bronze":
+                while self.waves_published < len(self.waves):
+                    self._publish_wave()
+            elif spec.upstream is not None:
+                self._wait_final(spec.upstream)
+            self._drain(job)
+            if job == "silver":
+                self._size_gold_batches()
+        finally:
+            self.slots.release()
+            self.final[job].set()
+
+    def _wait_for_input(self, job: str, spec: _JobSpec) -> None:
+        """Until ``job``'s input exists: gold waits for the whole of sessions' run; silver and
+        sessions for their input table (created by the upstream job, not raced to by this one).
+        """
         if spec.upstream == "sessions":
             self._wait(self.final["sessions"].is_set, "sessions to finish", 4 * DRAIN_TIMEOUT_S)
         elif spec.upstream is not None:
@@ -453,49 +474,35 @@ class _Chaos:
                 BRONZE_EVENTS_RAW.name if job == "silver" else SILVER_EVENTS.name
             )
             first_commit = Path(source) / "_delta_log" / f"{0:020d}.json"
-            # Its input table exists (created by the upstream job, not raced to by this one).
             self._wait(first_commit.is_file, f"{job}'s input", DRAIN_TIMEOUT_S)
-        self._wait(lambda: self.slots.acquire(timeout=POLL_S), f"a JVM slot for {job}", 1e9)
-        try:
+
+    def _wait_final(self, upstream: str) -> None:
+        self._wait(self.final[upstream].is_set, f"{upstream} to finish", 4 * DRAIN_TIMEOUT_S)
+
+    def _run_kill_plans(self, job: str, spec: _JobSpec) -> None:
+        """Start ``job`` and kill it once per plan, restarting it between kills. A job with an
+        upstream takes its last kill only once the upstream has finished; a restart is left
+        to the kill that needs it when that is the last one at startup (or there is none)."""
+        kills = self.plans[job]
+        upstream = spec.upstream
+        run: _Run | None = None
+        for i, plan in enumerate(kills):
+            if i == len(kills) - 1 and upstream is not None:
+                if run is None and plan.kind != "startup":
+                    run = self._start(job, available_now=False)
+                self._wait_final(upstream)
+            if run is None:
+                run = self._start(job, available_now=False)
+            self._kill_when(run, plan, i + 1, len(kills))
+            run = None
             if job == "bronze":
                 self._publish_wave()
-            run: _Run | None = None
-            for i, plan in enumerate(kills):
-                last = i == len(kills) - 1
-                upstream = spec.upstream
-                if last and upstream is not None:
-                    if run is None and plan.kind != "startup":
-                        run = self._start(job, available_now=False)
-                    self._wait(
-                        self.final[upstream].is_set, f"{upstream} to finish", 4 * DRAIN_TIMEOUT_S
-                    )
-                if run is None:
-                    run = self._start(job, available_now=False)
-                self._kill_when(run, plan, i + 1, len(kills))
-                run = None
-                if job == "bronze":
-                    self._publish_wave()
-                after = kills[i + 1] if i + 1 < len(kills) else None
-                lazy = after is None or (
-                    after.kind == "startup" and upstream is not None and after is kills[-1]
-                )
-                if not lazy:
-                    run = self._start(job, available_now=False)
-            if job == "bronze":
-                while self.waves_published < len(self.waves):
-                    self._publish_wave()
-            elif spec.upstream is not None:
-                self._wait(
-                    self.final[spec.upstream].is_set,
-                    f"{spec.upstream} to finish",
-                    4 * DRAIN_TIMEOUT_S,
-                )
-            self._drain(job)
-            if job == "silver":
-                self._size_gold_batches()
-        finally:
-            self.slots.release()
-            self.final[job].set()
+            after = kills[i + 1] if i + 1 < len(kills) else None
+            lazy = after is None or (
+                after.kind == "startup" and upstream is not None and after is kills[-1]
+            )
+            if not lazy:
+                run = self._start(job, available_now=False)
 
     def _reference(self, _: str) -> None:
         """Sessions and gold without crashes, in a second storage root, from a copy of the
@@ -591,56 +598,10 @@ class _Chaos:
         spec = _SPECS[run.job]
         checkpoint = Path(self.catalog.checkpoint(spec.checkpoint))
         outputs = [Path(self.catalog.location(t)) for t in spec.outputs]
-        deadline = time.monotonic() + KILL_WAIT_S
         opened: dict[int, tuple[float, int]] = {}  # open batch -> (first seen, output commits)
-        last_state: tuple[int, int] = (-1, -1)
-        last_change = time.monotonic()
-        reason = "deadline"
-        while time.monotonic() < deadline:
-            if self.abort.is_set():
-                raise _AbortedError(run.job)
-            if run.proc.poll() is not None:
-                self._exited_on_its_own(run)
-                return
-            now = time.monotonic()
-            if plan.kind == "startup":
-                if now - run.started >= plan.delay_s:
-                    reason = "planned"
-                    break
-                time.sleep(POLL_S)
-                continue
-            offsets, commits = _batch_ids(checkpoint)
-            state = (max(offsets, default=-1), max(commits, default=-1))
-            if state != last_state:
-                last_state, last_change = state, now
-            open_batch = state[0] if state[0] > state[1] else None
-            ours = open_batch is not None and open_batch not in run.offsets_at_start
-            if ours and open_batch is not None and open_batch not in opened:
-                opened[open_batch] = (now, _commit_count(outputs))
-            if plan.kind == "between_batches":
-                if open_batch is None and commits - run.commits_at_start:
-                    reason = "planned"
-                    break
-            elif ours and open_batch is not None:
-                seen, base = opened[open_batch]
-                # Missed the point in an earlier batch (it closed first): kill in this one.
-                retry = len(opened) > 1
-                if plan.kind == "mid_batch" and (retry or now - seen >= plan.delay_s):
-                    reason = "planned"
-                    break
-                if plan.kind == "mid_commit" and _commit_count(outputs) - base >= (
-                    1 if len(opened) > 2 else plan.commits
-                ):
-                    reason = "planned"
-                    break
-            if (
-                open_batch is None
-                and now - last_change > IDLE_S
-                and self._starved(run.job, checkpoint, commits)
-            ):
-                reason = "idle"
-                break
-            time.sleep(POLL_S)
+        reason = self._await_kill_point(run, plan, checkpoint, outputs, opened)
+        if reason is None:
+            return  # it exited on its own
         output_commits = _commit_count(outputs)
         self._kill(run)
         offsets, commits = _batch_ids(checkpoint)
@@ -651,6 +612,75 @@ class _Chaos:
             opened=opened,
             output_commits=output_commits,
         )
+        self._record_kill(
+            run,
+            plan,
+            reason,
+            landed=landed,
+            offsets=offsets,
+            commits=commits,
+            number=number,
+            of=of,
+        )
+
+    def _await_kill_point(
+        self,
+        run: _Run,
+        plan: KillPlan,
+        checkpoint: Path,
+        outputs: list[Path],
+        opened: dict[int, tuple[float, int]],
+    ) -> str | None:
+        """Poll ``run`` until ``plan``'s kill point ("planned"), until it is idle with nothing
+        left to read ("idle"), or for ``KILL_WAIT_S`` ("deadline"); None when it exited on its
+        own first. Batches it opens are noted in ``opened``."""
+        deadline = time.monotonic() + KILL_WAIT_S
+        last_state: tuple[int, int] = (-1, -1)
+        last_change = time.monotonic()
+        while time.monotonic() < deadline:
+            if self.abort.is_set():
+                raise _AbortedError(run.job)
+            if run.proc.poll() is not None:
+                self._exited_on_its_own(run)
+                return None
+            now = time.monotonic()
+            if plan.kind == "startup":
+                if now - run.started >= plan.delay_s:
+                    return "planned"
+                time.sleep(POLL_S)
+                continue
+            offsets, commits = _batch_ids(checkpoint)
+            state = (max(offsets, default=-1), max(commits, default=-1))
+            if state != last_state:
+                last_state, last_change = state, now
+            open_batch = state[0] if state[0] > state[1] else None
+            if _at_batch_kill_point(
+                run, plan, open_batch, commits=commits, opened=opened, outputs=outputs, now=now
+            ):
+                return "planned"
+            if (
+                open_batch is None
+                and now - last_change > IDLE_S
+                and self._starved(run.job, checkpoint, commits)
+            ):
+                return "idle"
+            time.sleep(POLL_S)
+        return "deadline"
+
+    def _record_kill(
+        self,
+        run: _Run,
+        plan: KillPlan,
+        reason: str,
+        *,
+        landed: str,
+        offsets: set[int],
+        commits: set[int],
+        number: int,
+        of: int,
+    ) -> None:
+        """Count kill ``number`` of ``of`` in the job's tally, keep its record and log it;
+        ``offsets`` and ``commits`` are the checkpoint's batch ids after the kill."""
         batch = max(offsets, default=None)
         tally = self.tally[run.job]
         tally.kills += 1
@@ -821,6 +851,37 @@ def _commit_count(tables: Sequence[Path]) -> int:
             continue
         total += sum(1 for n in names if n.endswith(".json") and n[:-5].isdigit())
     return total
+
+
+def _at_batch_kill_point(
+    run: _Run,
+    plan: KillPlan,
+    open_batch: int | None,
+    *,
+    commits: set[int],
+    opened: dict[int, tuple[float, int]],
+    outputs: list[Path],
+    now: float,
+) -> bool:
+    """Whether a batch plan's kill point has come: ``between_batches`` once the run committed a
+    batch and has none open; ``mid_batch`` ``delay_s`` into a batch the run opened;
+    ``mid_commit`` once that batch landed ``commits`` Delta commits. A batch the run opens is
+    noted in ``opened`` with when it was first seen and the output commits then."""
+    ours = open_batch is not None and open_batch not in run.offsets_at_start
+    if ours and open_batch is not None and open_batch not in opened:
+        opened[open_batch] = (now, _commit_count(outputs))
+    if plan.kind == "between_batches":
+        return open_batch is None and bool(commits - run.commits_at_start)
+    if not ours or open_batch is None:
+        return False
+    seen, base = opened[open_batch]
+    # Missed the point in an earlier batch (it closed first): kill in this one.
+    retry = len(opened) > 1
+    if plan.kind == "mid_batch":
+        return retry or now - seen >= plan.delay_s
+    if plan.kind == "mid_commit":
+        return _commit_count(outputs) - base >= (1 if len(opened) > 2 else plan.commits)
+    return False
 
 
 def _landed(

@@ -58,6 +58,14 @@ class BadRequestError(ValueError):
     """The request body is not what the endpoint takes (400, with this message)."""
 
 
+class _RefusedError(Exception):
+    """Raised by a step of ``Collector._handle`` to answer the request with ``response``."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
 @dataclass(frozen=True)
 class RequestContext:
     """What the collector adds to every event of one request."""
@@ -149,68 +157,113 @@ class Collector:
         path: str,
         route: Callable[[Any, RequestContext], tuple[list[Outgoing], dict[str, Any]]],
     ) -> web.Response:
-        # Authentication comes before the body. A key in the headers decides at once; without
-        # one, the body may still carry Segment's ``writeKey`` (browser SDKs), but only a body
-        # the collector would read anyway (present, within max_body_bytes).
+        """Authenticate, read and admit one request, then publish what ``route`` makes of it."""
+        try:
+            key_name = self._header_key(request)
+            self._check_body_headers(request)
+            payload = await self._read_payload(request)
+            if key_name is None:  # browser SDKs may put the key in the body instead of a header
+                key_name = self._body_key(payload)
+            context = self._context(request, path, key_name)
+            self._admit(payload, path, key_name)
+        except _RefusedError as refused:
+            return refused.response
+        messages, summary = route(payload, context)
+        return await self._publish(path, messages, summary)
+
+    def _header_key(self, request: web.Request) -> str | None:
+        """The write key the headers name, or None when the body may still carry one.
+
+        Authentication comes before the body. A key in the headers decides at once; without
+        one, the body may still carry Segment's ``writeKey`` (browser SDKs), but only a body
+        the collector would read anyway (present, within max_body_bytes).
+        """
         repeated = repeated_credential(request.headers)
         if repeated is not None:
-            return _unauthorized(
-                f"the request carries more than one {repeated} header; send exactly one",
-                status=400,
+            raise _RefusedError(
+                _unauthorized(
+                    f"the request carries more than one {repeated} header; send exactly one",
+                    status=400,
+                )
             )
         header_key = presented_key(request.headers)
         key_name = self.keys.match(header_key)
-        limit = self.config.max_body_bytes
-        declared_over = request.content_length is not None and request.content_length > limit
         if header_key is not None and key_name is None:
-            return _unauthorized("unknown write key; check the key your client sends")
-        if key_name is None and (declared_over or not request.can_read_body):
-            return _unauthorized(MISSING_KEY)
+            raise _RefusedError(_unauthorized("unknown write key; check the key your client sends"))
+        if key_name is None and (self._declared_too_large(request) or not request.can_read_body):
+            raise _RefusedError(_unauthorized(MISSING_KEY))
+        return key_name
+
+    def _check_body_headers(self, request: web.Request) -> None:
+        """Refuse, before reading it, a body that is not JSON or is declared too large."""
         media_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if media_type and not _is_json_media_type(media_type):
-            return _error(
-                415, f"Content-Type {media_type[:64]!r} is not JSON; send application/json"
+            raise _RefusedError(
+                _error(415, f"Content-Type {media_type[:64]!r} is not JSON; send application/json")
             )
-        if declared_over:
-            return _error(413, f"request body over {limit:,} bytes; send smaller batches")
+        if self._declared_too_large(request):
+            raise _RefusedError(_error(413, self._body_too_large()))
+
+    def _declared_too_large(self, request: web.Request) -> bool:
+        length = request.content_length
+        return length is not None and length > self.config.max_body_bytes
+
+    def _body_too_large(self) -> str:
+        return f"request body over {self.config.max_body_bytes:,} bytes; send smaller batches"
+
+    async def _read_payload(self, request: web.Request) -> Any:
+        """The parsed JSON body, read within ``body_timeout_s`` and ``max_body_bytes``."""
+        timeout_s = self.config.body_timeout_s
         try:
-            body = await asyncio.wait_for(request.read(), self.config.body_timeout_s)
+            body = await asyncio.wait_for(request.read(), timeout_s)
         except TimeoutError:
-            return _error(408, f"the body did not arrive within {self.config.body_timeout_s:g}s")
+            raise _RefusedError(
+                _error(408, f"the body did not arrive within {timeout_s:g}s")
+            ) from None
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"request body over {limit:,} bytes; send smaller batches")
+            raise _RefusedError(_error(413, self._body_too_large())) from None
         except Exception as exc:  # a broken gzip stream or connection surfaces here
-            return _error(400, f"could not read the request body: {exc}")
+            raise _RefusedError(_error(400, f"could not read the request body: {exc}")) from exc
         try:
-            payload = orjson.loads(body)
+            return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return _error(400, f"malformed JSON: {exc}")
-        if key_name is None:  # browser SDKs may put the key in the body instead of a header
-            body_key = payload.get("writeKey") if isinstance(payload, dict) else None
-            key_name = self.keys.match(body_key if isinstance(body_key, str) else None)
-            if key_name is None:
-                return _unauthorized(MISSING_KEY)
-        context = self._context(request, path, key_name)
+            raise _RefusedError(_error(400, f"malformed JSON: {exc}")) from exc
+
+    def _body_key(self, payload: Any) -> str:
+        """The write key named by Segment's ``writeKey`` in the body."""
+        body_key = payload.get("writeKey") if isinstance(payload, dict) else None
+        key_name = self.keys.match(body_key if isinstance(body_key, str) else None)
+        if key_name is None:
+            raise _RefusedError(_unauthorized(MISSING_KEY))
+        return key_name
+
+    def _admit(self, payload: Any, path: str, key_name: str) -> None:
+        """Refuse a request of too many events, or one over its write key's rate limit."""
         try:
             count = _expanded_count(payload, path)
         except BadRequestError as exc:
-            return _error(400, str(exc))
-        if count > self.config.max_events_per_request:
-            return _error(
-                413,
-                f"{count:,} events in one request; send at most "
-                f"{self.config.max_events_per_request:,}",
+            raise _RefusedError(_error(400, str(exc))) from exc
+        most = self.config.max_events_per_request
+        if count > most:
+            raise _RefusedError(
+                _error(413, f"{count:,} events in one request; send at most {most:,}")
             )
         wait_s = self.limiter.take(key_name, count)
         if wait_s:
             retry = "3600" if math.isinf(wait_s) else str(max(1, math.ceil(wait_s)))
-            return _error(
-                429,
-                f"write key {key_name!r} is over its rate limit "
-                f"({self.config.rate_limit.events_per_second:g} events/s); retry later",
-                headers={"Retry-After": retry},
+            raise _RefusedError(
+                _error(
+                    429,
+                    f"write key {key_name!r} is over its rate limit "
+                    f"({self.config.rate_limit.events_per_second:g} events/s); retry later",
+                    headers={"Retry-After": retry},
+                )
             )
-        messages, summary = route(payload, context)
+
+    async def _publish(
+        self, path: str, messages: list[Outgoing], summary: dict[str, Any]
+    ) -> web.Response:
+        """Send the messages Kafka has not acknowledged yet; 503 when it does not acknowledge."""
         # A retry of a request Kafka partly or wholly acknowledged publishes nothing twice.
         fresh = [m for m in messages if m.event_id is None or m.event_id not in self.acknowledged]
         summary["already_acknowledged"] = len(messages) - len(fresh)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import Any
@@ -149,6 +149,37 @@ class ContractRules:
     ) -> DataFrame:
         """``frame`` plus ``into``: ``struct(rules, detail)`` of the contract violations of the
         raw message in column ``value`` (no rules and a NULL detail when it is valid)."""
+        staged = self._staged_checks(frame, value)
+        # A message that is not JSON, not an object, or of no known type or version breaks
+        # one rule (the first that applies); any other is checked against the first contract
+        # whose condition holds.
+        staged = staged.withColumns(
+            {
+                _ONE: _first_index([when for when, _name, _detail in self._one_rule]),
+                _WHICH: _first_index([when for when, _entries in self._contracts]),
+            }
+        )
+        # Every contract's rules merged into one order, as bits of the slot masks: a rule that
+        # contracts share (the envelope's) is one slot, kept for rows of those contracts.
+        slots = self._slots()
+        conditions = self._slot_conditions(slots)
+        staged = staged.withColumns(_bit_masks(_SLOTS, conditions))
+        masks = [F.col(name) for name in _bit_masks(_SLOTS, conditions)]
+        staged = staged.withColumn(_RULES, self._rule_names(slots, masks))
+        staged = staged.withColumn(_FIRST, self._first_detail(slots, masks))
+        first_rule = F.get(F.col(_RULES), 0)
+        broke = F.size(F.col(_RULES)) > 0
+        text = self._detail_text(F.col(_FIRST), first_rule)
+        result = F.struct(
+            F.coalesce(F.col(_RULES), _no_rules()).alias("rules"),
+            F.when(broke, F.concat(first_rule, F.lit(": "), text)).alias("detail"),
+        )
+        staged = staged.withColumn(into, result)
+        return staged.drop(*[c for c in staged.columns if c.startswith(_PREFIX)])
+
+    def _staged_checks(self, frame: DataFrame, value: str) -> DataFrame:
+        """``frame`` with the message parsed (as a variant and as the fields' texts), the keys
+        of every object the rules look at, the bits of every check and the unknown keys."""
         staged = frame.withColumns(
             {
                 _RAW: F.col(value),
@@ -178,23 +209,13 @@ class ContractRules:
         )
         # What Spark cannot compile to JVM code (lambdas) in one small projection, only for
         # the rows with unknown keys.
-        staged = staged.withColumns(
+        return staged.withColumns(
             {extras.names_name: extras.names() for extras in self._extras.values()}
             | {extras.timestamp_name: extras.names_timestamp() for extras in self._extras.values()}
         )
-        # A message that is not JSON, not an object, or of no known type or version breaks
-        # one rule (the first that applies); any other is checked against the first contract
-        # whose condition holds.
-        one: Column = F.lit(None).cast("int")
-        for index, (when, _name, _detail) in reversed(list(enumerate(self._one_rule))):
-            one = F.when(when, F.lit(index)).otherwise(one)
-        which: Column = F.lit(None).cast("int")
-        for index, (when, _entries) in reversed(list(enumerate(self._contracts))):
-            which = F.when(when, F.lit(index)).otherwise(which)
-        staged = staged.withColumns({_ONE: one, _WHICH: which})
-        # Every contract's rules merged into one order, as bits of the slot masks: a rule that
-        # contracts share (the envelope's) is one slot, kept for rows of those contracts.
-        slots = self._slots()
+
+    def _slot_conditions(self, slots: list[_Slot]) -> list[Column]:
+        """Whether each slot's rule is broken: no precheck broke and the row's contract has it."""
         everyone = set(range(len(self._contracts)))
         conditions = []
         for slot in slots:
@@ -204,10 +225,11 @@ class ContractRules:
                 else F.col(_WHICH).isin(sorted(slot.contracts))
             )
             conditions.append(F.col(_ONE).isNull() & applies & slot.broken)
-        staged = staged.withColumns(_bit_masks(_SLOTS, conditions))
-        masks = [F.col(name) for name in _bit_masks(_SLOTS, conditions)]
-        # The rule names, from the set bits in order (lambdas, so only for rows that broke a
-        # rule); the names of a slot of unknown keys are its key names.
+        return conditions
+
+    def _rule_names(self, slots: list[_Slot], masks: list[Column]) -> Column:
+        """The rule names, from the set bits in order (lambdas, so only for rows that broke a
+        rule); the names of a slot of unknown keys are its key names."""
         names = F.array(*[F.lit(slot.name) for slot in slots])
         unknown = {i: slot.unknown for i, slot in enumerate(slots) if slot.unknown is not None}
 
@@ -225,22 +247,25 @@ class ContractRules:
         )
         contract_rules = F.array_distinct(F.flatten(F.transform(broken_slots, slot_names)))
         one_names = F.array(*[F.lit(name) for _when, name, _detail in self._one_rule])
-        staged = staged.withColumn(
-            _RULES,
+        return (
             F.when(F.col(_ONE).isNotNull(), F.array(F.get(one_names, F.col(_ONE))))
             .when(any_bit, contract_rules)
-            .otherwise(_no_rules()),
+            .otherwise(_no_rules())
         )
-        # The first rule's detail number: the precheck's, else the lowest set slot bit's.
+
+    def _first_detail(self, slots: list[_Slot], masks: list[Column]) -> Column:
+        """The first rule's detail number: the precheck's, else the lowest set slot bit's."""
         slot_details = F.array(*[F.lit(slot.detail) for slot in slots])
         one_details = F.array(*[F.lit(detail) for _when, _name, detail in self._one_rule])
         first: Column = F.when(F.col(_ONE).isNotNull(), F.get(one_details, F.col(_ONE)))
         for number, mask in enumerate(masks):
             lowest = F.bit_count(mask.bitwiseAND(-mask) - 1)
             first = first.when(mask != 0, F.get(slot_details, lowest + number * _BITS))
-        staged = staged.withColumn(_FIRST, first)
-        # The detail of the first rule, only for the rows that broke one: which field it
-        # shows, then its text (literal parts looked up by the rule's detail number).
+        return first
+
+    def _detail_text(self, first: Column, first_rule: Column) -> Column:
+        """The detail of detail number ``first`` (that of ``first_rule``): which field it shows,
+        then its text (literal parts looked up by the detail number)."""
         details = sorted(self._details, key=self._details.__getitem__)
         fields = list(
             dict.fromkeys(d.shown[1] for d in details if d.shown and d.shown[0] == "repr")
@@ -251,10 +276,7 @@ class ContractRules:
             fields.index(d.shown[1]) if show == -4 and d.shown else show
             for d, show in zip(details, shows, strict=True)
         ]
-        first = F.col(_FIRST)
-        broke = F.size(F.col(_RULES)) > 0
         show = F.get(F.array(*[F.lit(i) for i in shows]), first)
-        first_rule = F.get(F.col(_RULES), 0)
         shown_text: Column = F.lit(None).cast("string")
         shown: Column = (
             F.when(show == -2, self._message.python_type)
@@ -268,17 +290,11 @@ class ContractRules:
             else:
                 shown_text = F.when(show == index, node.text).otherwise(shown_text)
         shown = shown.otherwise(_text_repr(shown_text))
-        text = F.concat(
+        return F.concat(
             F.get(F.array(*[F.lit(d.before) for d in details]), first),
             shown,
             F.get(F.array(*[F.lit(d.after) for d in details]), first),
         )
-        result = F.struct(
-            F.coalesce(F.col(_RULES), _no_rules()).alias("rules"),
-            F.when(broke, F.concat(first_rule, F.lit(": "), text)).alias("detail"),
-        )
-        staged = staged.withColumn(into, result)
-        return staged.drop(*[c for c in staged.columns if c.startswith(_PREFIX)])
 
     def _slots(self) -> list[_Slot]:
         """Every contract's rules merged into one order that keeps each contract's own order,
@@ -517,71 +533,31 @@ class ContractRules:
         self, keyword: str, argument: Any, node: _Node
     ) -> Iterable[tuple[str, Column, _Detail]]:
         """``(rule name, broken, detail)`` of one value keyword, as jsonschema applies it."""
-        at = f"{node.path}: " if node.path else ""
-        rule = f"{_RULE_OF.get(keyword, keyword)}:{node.path}"
-        shown = ("repr", node.path)
-        if keyword == "type":
-            allowed = argument if isinstance(argument, list) else [argument]
-            ok: Column = F.lit(False)
-            for json_type in allowed:
-                ok = ok | _is_type(node, json_type)
-            names = ", ".join(repr(t) for t in allowed)
-            yield rule, ~ok, _Detail(at, shown, f" is not of type {names}")
-        elif keyword in ("enum", "const"):
-            allowed = argument if keyword == "enum" else [argument]
-            ok = F.lit(False)
-            for each in allowed:
-                ok = ok | _equals(node, each, node.path)
-            if keyword == "const" and node.path == "event_type":
-                yield "unknown_event_type", ~ok, _Detail("event_type ", shown, " does not match")
-            elif keyword == "const":
-                yield rule, ~ok, _Detail(f"{at}{argument!r} was expected")
-            else:
-                yield rule, ~ok, _Detail(at, shown, f" is not one of {argument!r}")
-        elif keyword == "format":
-            if argument not in self._checker.checkers:
-                return  # jsonschema treats a format it does not know as an annotation
-            check = _FORMATS.get(argument)
-            if check is None:
-                raise ContractError(
-                    f"format {argument!r} at {node.path} has no Spark check; add one to "
-                    "_FORMATS in pipelines/contracts/spark_rules.py"
-                )
-            broken = node.is_string & ~check(node.string)
-            yield rule, broken, _Detail(at, shown, f" is not a {argument!r}")
-        elif keyword == "pattern":
-            broken = node.is_string & ~node.string.rlike(_java_pattern(argument, node.path))
-            yield rule, broken, _Detail(at, shown, f" does not match {argument!r}")
-        elif keyword in ("minLength", "maxLength"):
-            length = F.char_length(node.string)
-            if keyword == "minLength":
-                broken = length < argument
-                text = "should be non-empty" if argument == 1 else "is too short"
-            else:
-                broken = length > argument
-                text = "is expected to be empty" if argument == 0 else "is too long"
-            yield rule, node.is_string & broken, _Detail(at, shown, f" {text}")
-        else:  # minimum, maximum, exclusiveMinimum, exclusiveMaximum
-            bound = _exact_bound(argument, keyword, node.path)
-            below = keyword in ("minimum", "exclusiveMinimum")
-            strict = keyword.startswith("exclusive")
+        checks = {
+            "type": _type_checks,
+            "enum": _value_checks,
+            "const": _value_checks,
+            "format": self._format_checks,
+            "pattern": _pattern_checks,
+            "minLength": _length_checks,
+            "maxLength": _length_checks,
+        }.get(keyword, _bound_checks)  # minimum, maximum, exclusiveMinimum, exclusiveMaximum
+        yield from checks(keyword, argument, node)
 
-            def outside(value: Column) -> Column:
-                if below:
-                    return value <= bound if strict else value < bound
-                return value >= bound if strict else value > bound
-
-            exact = node.exact
-            broken = node.is_number & F.when(exact.isNotNull(), outside(exact)).otherwise(
-                F.coalesce(outside(node.double), F.lit(False))
+    def _format_checks(
+        self, keyword: str, argument: Any, node: _Node
+    ) -> Iterator[tuple[str, Column, _Detail]]:
+        if argument not in self._checker.checkers:
+            return  # jsonschema treats a format it does not know as an annotation
+        check = _FORMATS.get(argument)
+        if check is None:
+            raise ContractError(
+                f"format {argument!r} at {node.path} has no Spark check; add one to "
+                "_FORMATS in pipelines/contracts/spark_rules.py"
             )
-            words = {
-                "minimum": "is less than the minimum of",
-                "maximum": "is greater than the maximum of",
-                "exclusiveMinimum": "is less than or equal to the minimum of",
-                "exclusiveMaximum": "is greater than or equal to the maximum of",
-            }[keyword]
-            yield rule, broken, _Detail(at, shown, f" {words} {argument!r}")
+        rule, at, shown = _leaf(keyword, node)
+        broken = node.is_string & ~check(node.string)
+        yield rule, broken, _Detail(at, shown, f" is not a {argument!r}")
 
     def one_of(self, alternatives: Sequence[Any], node: _Node) -> tuple[Column, Column, _Detail]:
         """jsonschema's oneOf over alternatives of value keywords, named as ``_explain`` names
@@ -608,6 +584,93 @@ class ContractRules:
         detail = _Detail(f"{node.path}: ", shown, " matches none of the allowed forms")
         named_format = (count == 0) & node.is_string & format_failed
         return named_format, count != 1, detail
+
+
+# -- the value keywords: (rule name, broken, detail) of each, as jsonschema applies it ---------
+def _leaf(keyword: str, node: _Node) -> tuple[str, str, tuple[str, str]]:
+    """The rule name of ``keyword`` at ``node``, how its detail starts, and what it shows."""
+    at = f"{node.path}: " if node.path else ""
+    return f"{_RULE_OF.get(keyword, keyword)}:{node.path}", at, ("repr", node.path)
+
+
+def _type_checks(keyword: str, argument: Any, node: _Node) -> Iterator[tuple[str, Column, _Detail]]:
+    rule, at, shown = _leaf(keyword, node)
+    allowed = argument if isinstance(argument, list) else [argument]
+    ok: Column = F.lit(False)
+    for json_type in allowed:
+        ok = ok | _is_type(node, json_type)
+    names = ", ".join(repr(t) for t in allowed)
+    yield rule, ~ok, _Detail(at, shown, f" is not of type {names}")
+
+
+def _value_checks(
+    keyword: str, argument: Any, node: _Node
+) -> Iterator[tuple[str, Column, _Detail]]:
+    """``enum`` and ``const``; a wrong ``event_type`` constant is ``unknown_event_type``."""
+    rule, at, shown = _leaf(keyword, node)
+    allowed = argument if keyword == "enum" else [argument]
+    ok: Column = F.lit(False)
+    for each in allowed:
+        ok = ok | _equals(node, each, node.path)
+    if keyword == "const" and node.path == "event_type":
+        yield "unknown_event_type", ~ok, _Detail("event_type ", shown, " does not match")
+    elif keyword == "const":
+        yield rule, ~ok, _Detail(f"{at}{argument!r} was expected")
+    else:
+        yield rule, ~ok, _Detail(at, shown, f" is not one of {argument!r}")
+
+
+def _pattern_checks(
+    keyword: str, argument: Any, node: _Node
+) -> Iterator[tuple[str, Column, _Detail]]:
+    rule, at, shown = _leaf(keyword, node)
+    broken = node.is_string & ~node.string.rlike(_java_pattern(argument, node.path))
+    yield rule, broken, _Detail(at, shown, f" does not match {argument!r}")
+
+
+def _length_checks(
+    keyword: str, argument: Any, node: _Node
+) -> Iterator[tuple[str, Column, _Detail]]:
+    rule, at, shown = _leaf(keyword, node)
+    length = F.char_length(node.string)
+    if keyword == "minLength":
+        broken = length < argument
+        text = "should be non-empty" if argument == 1 else "is too short"
+    else:
+        broken = length > argument
+        text = "is expected to be empty" if argument == 0 else "is too long"
+    yield rule, node.is_string & broken, _Detail(at, shown, f" {text}")
+
+
+_BOUND_WORDS = {
+    "minimum": "is less than the minimum of",
+    "maximum": "is greater than the maximum of",
+    "exclusiveMinimum": "is less than or equal to the minimum of",
+    "exclusiveMaximum": "is greater than or equal to the maximum of",
+}
+
+
+def _bound_checks(
+    keyword: str, argument: Any, node: _Node
+) -> Iterator[tuple[str, Column, _Detail]]:
+    """``minimum``, ``maximum``, ``exclusiveMinimum`` and ``exclusiveMaximum``: compared
+    exactly for an integer literal, else as the double Python reads."""
+    rule, at, shown = _leaf(keyword, node)
+    bound = _exact_bound(argument, keyword, node.path)
+    below = keyword in ("minimum", "exclusiveMinimum")
+    strict = keyword.startswith("exclusive")
+
+    def outside(value: Column) -> Column:
+        if below:
+            return value <= bound if strict else value < bound
+        return value >= bound if strict else value > bound
+
+    exact = node.exact
+    broken = node.is_number & F.when(exact.isNotNull(), outside(exact)).otherwise(
+        F.coalesce(outside(node.double), F.lit(False))
+    )
+    words = _BOUND_WORDS[keyword]
+    yield rule, broken, _Detail(at, shown, f" {words} {argument!r}")
 
 
 def _known(condition: Column) -> Column:
@@ -981,6 +1044,14 @@ class _Slot:
             broken = F.coalesce(F.size(segment.names) > 0, F.lit(False))
             return cls(segment.key, "", segment.detail, broken, segment.names)
         return cls(segment.key, segment.name, segment.detail, segment.broken, None)
+
+
+def _first_index(conditions: Sequence[Column]) -> Column:
+    """The index of the first condition that holds (NULL when none does)."""
+    index: Column = F.lit(None).cast("int")
+    for i, when in reversed(list(enumerate(conditions))):
+        index = F.when(when, F.lit(i)).otherwise(index)
+    return index
 
 
 def _bit_masks(prefix: str, conditions: Sequence[Column]) -> dict[str, Column]:

@@ -472,55 +472,24 @@ class ClickstreamGenerator:
             # Any proper prefix of a JSON object is invalid JSON: a producer cut off mid-write.
             cut = rng.randint(max(1, len(text) // 4), len(text) - 1)
             return GeneratedEvent(event_type, key, text[:cut].encode(), kind)
-        props = event.get("properties")
-        if kind == "missing_required":
-            fields = ["event_id", "event_type", "user_id", "timestamp", "schema_version"]
-            if event_type in ("click", "add_to_cart", "purchase"):
-                fields.append("item_id")
-            if event_type != "click":
-                fields.append("properties")
-            nested = {
-                "page_view": "page_type",
-                "search": "query",
-                "add_to_cart": "quantity",
-                "purchase": "order_id",
-            }.get(event_type)
-            if nested and props is not None:
-                fields.append(f"properties.{nested}")
-            dropped = rng.choice(fields)
-            if props is not None and dropped.startswith("properties."):
-                del props[dropped.removeprefix("properties.")]
-            else:
-                del event[dropped]
-            if dropped == "user_id":
-                key = None
-        elif kind == "wrong_type":
-            fields = ["timestamp", "user_id", "event_id", "schema_version"]
-            if props is not None and "quantity" in props:
-                fields.append("quantity")
-            if props is not None and "revenue" in props:
-                fields.append("revenue")
-            wrong = rng.choice(fields)
-            if wrong == "timestamp":
-                event["timestamp"] = rng.random() < 0.5
-            elif wrong == "user_id":
-                event["user_id"] = int(key.rsplit("-", 1)[1]) if key else 0
-                key = None
-            elif wrong == "event_id":
-                event["event_id"] = rng.getrandbits(31)
-            elif wrong == "schema_version":
-                event["schema_version"] = "1"
-            else:
-                assert props is not None
-                props[wrong] = str(props[wrong])
-        elif kind == "unknown_event_type":
-            event["event_type"] = rng.choice(UNKNOWN_EVENT_TYPES)
-        elif kind == "future_timestamp":
-            future = self.end_ms + rng.randint(86_400_000, 5 * 86_400_000)
-            event["timestamp"] = _rfc3339(future) if isinstance(event["timestamp"], str) else future
-        else:
+        corrupt = {
+            "missing_required": _drop_required_field,
+            "wrong_type": _mistype_field,
+            "unknown_event_type": _unknown_event_type,
+            "future_timestamp": self._future_timestamp,
+        }.get(kind)
+        if corrupt is None:
             raise ValueError(f"unknown bad event kind {kind!r} (known: {', '.join(BAD_KINDS)})")
+        key = corrupt(event, key, rng)
         return GeneratedEvent(event_type, key, _ENCODER.encode(event).encode(), kind)
+
+    def _future_timestamp(
+        self, event: dict[str, Any], key: str | None, rng: random.Random
+    ) -> str | None:
+        """Move ``event`` one to five days past ``end``, in the timestamp format it had."""
+        future = self.end_ms + rng.randint(86_400_000, 5 * 86_400_000)
+        event["timestamp"] = _rfc3339(future) if isinstance(event["timestamp"], str) else future
+        return key
 
     def _timeline(self, n: int, rng: random.Random) -> Iterator[dict[str, Any]]:
         """The first ``n`` events of all sessions, in event-time order.
@@ -592,201 +561,283 @@ class ClickstreamGenerator:
         self, rng: random.Random, u: int, start: int, length_scale: float
     ) -> list[tuple[int, dict[str, Any]]]:
         """One visit of user ``u`` from ``start``: its events with their event times."""
-        user = self.users[u]
-        uid = user.user_id
-        affinity = self._affinity[u]
-        pref_cum = self._pref_cum[u]
-        pref_total = pref_cum[-1]
-        live = self._live
-        catalog = self.catalog
-        rand = rng.random
-        if rand() < 0.85:
-            device, agent = user.device, user.user_agent
-        else:
-            device = rng.choice(DEVICES)
-            agent = USER_AGENTS[device][0]
-        locale, currency = user.locale, user.currency
-        r = rand()
-        session_id = None if r < 0.07 else str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        keep_session_id = r >= 0.03  # absent below 3%, null from 3% to 7%
+        visit = _Visit(self, rng, u)
+        visit.land()
+        for _ in range(int(rng.expovariate(1.0 / (2.0 * length_scale)))):
+            visit.wander()
+        if visit.cart and rng.random() < 0.8:
+            visit.checkout()
+        return visit.timed(start, self.end_ms)
 
-        events: list[dict[str, Any]] = []
-        offsets: list[int] = []
-        clock = 0
-        page = ""
-        referrer: str | None = _EXTERNAL_REFERRERS[
+
+# The one required property of each event type that a ``missing_required`` event may lose.
+_REQUIRED_PROPERTY = {
+    "page_view": "page_type",
+    "search": "query",
+    "add_to_cart": "quantity",
+    "purchase": "order_id",
+}
+
+
+def _drop_required_field(event: dict[str, Any], key: str | None, rng: random.Random) -> str | None:
+    """Delete one required field (or required property) of ``event``; returns the Kafka key."""
+    event_type = event["event_type"]
+    props = event.get("properties")
+    fields = ["event_id", "event_type", "user_id", "timestamp", "schema_version"]
+    if event_type in ("click", "add_to_cart", "purchase"):
+        fields.append("item_id")
+    if event_type != "click":
+        fields.append("properties")
+    nested = _REQUIRED_PROPERTY.get(event_type)
+    if nested and props is not None:
+        fields.append(f"properties.{nested}")
+    dropped = rng.choice(fields)
+    if props is not None and dropped.startswith("properties."):
+        del props[dropped.removeprefix("properties.")]
+    else:
+        del event[dropped]
+    return None if dropped == "user_id" else key
+
+
+def _mistype_field(event: dict[str, Any], key: str | None, rng: random.Random) -> str | None:
+    """Give one field of ``event`` a value of the wrong JSON type; returns the Kafka key."""
+    props = event.get("properties")
+    fields = ["timestamp", "user_id", "event_id", "schema_version"]
+    if props is not None and "quantity" in props:
+        fields.append("quantity")
+    if props is not None and "revenue" in props:
+        fields.append("revenue")
+    wrong = rng.choice(fields)
+    if wrong == "timestamp":
+        event["timestamp"] = rng.random() < 0.5
+    elif wrong == "user_id":
+        event["user_id"] = int(key.rsplit("-", 1)[1]) if key else 0
+        key = None
+    elif wrong == "event_id":
+        event["event_id"] = rng.getrandbits(31)
+    elif wrong == "schema_version":
+        event["schema_version"] = "1"
+    else:
+        assert props is not None
+        props[wrong] = str(props[wrong])
+    return key
+
+
+def _unknown_event_type(event: dict[str, Any], key: str | None, rng: random.Random) -> str | None:
+    """Rename the event to a type the contract does not know; the key stays."""
+    event["event_type"] = rng.choice(UNKNOWN_EVENT_TYPES)
+    return key
+
+
+class _Visit:
+    """One session of one user as it is walked: the page it is on, its cart, its events so far.
+
+    Every draw comes from one ``rng`` in a fixed order, so a seed gives the same session.
+    """
+
+    def __init__(self, world: ClickstreamGenerator, rng: random.Random, u: int) -> None:
+        user = world.users[u]
+        self._world = world
+        self._rng = rng
+        self._rand = rand = rng.random
+        self._user_id = user.user_id
+        self._affinity = world._affinity[u]
+        self._pref_cum = world._pref_cum[u]
+        if rand() < 0.85:
+            self._device, self._agent = user.device, user.user_agent
+        else:
+            self._device = rng.choice(DEVICES)
+            self._agent = USER_AGENTS[self._device][0]
+        self._locale, self._currency = user.locale, user.currency
+        r = rand()
+        self._session_id = None if r < 0.07 else str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        self._keep_session_id = r >= 0.03  # absent below 3%, null from 3% to 7%
+        self._events: list[dict[str, Any]] = []
+        self._offsets: list[int] = []
+        self._clock = 0
+        self._page = ""
+        self._referrer: str | None = _EXTERNAL_REFERRERS[
             min(bisect(_REFERRER_CUM, rand() * _REFERRER_CUM[-1]), len(_REFERRER_CUM) - 1)
         ][0]
-        cart: list[tuple[int, int]] = []
+        self.cart: list[tuple[int, int]] = []
 
-        def emit(
-            event_type: str, item: int | None, props: dict[str, Any] | None, think_ms: int
-        ) -> None:
-            nonlocal clock
-            if events:
-                clock += min(think_ms, MAX_THINK_MS)
-            event: dict[str, Any] = {
-                "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                "event_type": event_type,
-                "user_id": uid,
-            }
-            if keep_session_id:
-                event["session_id"] = session_id
-            event["timestamp"] = 0  # set once the session's times are final
-            if item is not None:
-                event["item_id"] = catalog[item].item_id
-            if props is not None:
-                event["properties"] = props
-            event["context"] = {
-                "page": page,
-                "referrer": referrer,
-                "device": device,
-                "user_agent": agent,
-                "locale": locale,
-            }
-            event["schema_version"] = 1
-            events.append(event)
-            offsets.append(clock)
+    def land(self) -> None:
+        """The first page: home, a category, a product from outside, or a search from home."""
+        landing = self._rand()
+        if landing < 0.45:
+            self._home()
+        elif landing < 0.70:
+            self._browse(self._pick_category())
+        elif landing < 0.85:
+            self._funnel(self._pick_item(self._pick_category()), "other")  # from outside
+        else:
+            self._view("/", {"page_type": "home"})
+            self._search(self._pick_category())
 
-        def think() -> int:
-            return int(rng.lognormvariate(9.6, 1.0))  # median ~15 s
+    def wander(self) -> None:
+        """One more step: browse a category, search, follow a recommendation or go home."""
+        r = self._rand()
+        if r < 0.35:
+            self._browse(self._pick_category())
+        elif r < 0.6:
+            self._search(self._pick_category())
+        elif r < 0.85:
+            popular = self._rand() < 0.4
+            item = self._popular_item() if popular else self._pick_item(self._pick_category())
+            self._funnel(item, "recommendations")
+        else:
+            self._home()
 
-        def quick() -> int:
-            return int(rng.lognormvariate(8.0, 0.7)) + 300  # median ~3 s
-
-        def view(path: str, props: dict[str, Any], item: int | None = None) -> None:
-            nonlocal page, referrer
-            if page:
-                referrer = SITE + page if rand() < 0.97 else None
-            page = path
-            if rand() < 0.7:
-                props["duration_ms"] = int(rng.lognormvariate(9.9, 0.9))
-            emit("page_view", item, props, think())
-
-        def pick_category() -> int:
-            return live[min(bisect(pref_cum, rand() * pref_total), len(live) - 1)]
-
-        def pick_item(c: int) -> int:
-            ids, cum = self._cat_items[c], self._cat_cum[c]
-            return ids[min(bisect(cum, rand() * cum[-1]), len(ids) - 1)]
-
-        def popular_item() -> int:
-            cum = self._item_cum
-            return min(bisect(cum, rand() * cum[-1]), len(cum) - 1)
-
-        def funnel(item: int, list_type: str) -> None:
-            c = self._item_cat[item]
-            name = _CATEGORIES[c].name
-            x = affinity[c]
-            view(f"/p/{catalog[item].item_id}", {"page_type": "product", "category": name}, item)
-            if rand() >= 0.25 + 0.35 * x:
-                return
-            position = min(int(rng.expovariate(0.25)), 59)
-            emit(
-                "click",
-                item,
-                {"position": position, "list_type": list_type, "category": name},
-                quick(),
-            )
-            if rand() >= 0.15 + 0.35 * x:
-                return
-            quantity = 1 if rand() < 0.8 else rng.choice((2, 2, 2, 3, 4))
-            emit(
-                "add_to_cart",
+    def checkout(self) -> None:
+        """View the cart and buy some of it, the likelier the more the user likes the category."""
+        rand, affinity, item_cat = self._rand, self._affinity, self._world._item_cat
+        catalog = self._world.catalog
+        self._view("/cart", {"page_type": "cart"})
+        bought = [(i, q) for i, q in self.cart if rand() < 0.3 + 0.4 * affinity[item_cat[i]]]
+        if not bought:
+            return
+        self._view("/checkout", {"page_type": "checkout"})
+        order_id = f"ord-{self._rng.getrandbits(48):012x}"
+        for item, quantity in bought:
+            price = catalog[item].price
+            self._emit(
+                "purchase",
                 item,
                 {
+                    "order_id": order_id,
+                    "revenue": round(price * quantity, 2),
+                    "currency": self._currency,
                     "quantity": quantity,
-                    "price": catalog[item].price,
-                    "currency": currency,
-                    "category": name,
+                    "category": catalog[item].category,
                 },
-                quick(),
+                self._quick(),
             )
-            cart.append((item, quantity))
 
-        def browse(c: int) -> None:
-            name = _CATEGORIES[c].name
-            view(f"/c/{name}", {"page_type": "category", "category": name})
-            for _ in range(1 + int(rng.expovariate(1.2))):
-                funnel(pick_item(c), "category")
-
-        def search(c: int) -> None:
-            spec = _CATEGORIES[c]
-            query = rng.choice(spec.queries)
-            results = 0 if rand() < 0.05 else int(rng.lognormvariate(3.5, 1.2)) + 1
-            emit(
-                "search",
-                None,
-                {"query": query, "result_count": results, "category": spec.name},
-                think(),
-            )
-            view(_SEARCH_PAGES[query], {"page_type": "search"})
-            if results:
-                for _ in range(int(rng.expovariate(0.9))):
-                    funnel(pick_item(c), "search")
-
-        def home() -> None:
-            view("/", {"page_type": "home"})
-            if rand() < 0.5:
-                funnel(popular_item() if rand() < 0.3 else pick_item(pick_category()), "home")
-
-        def checkout() -> None:
-            view("/cart", {"page_type": "cart"})
-            bought = [(i, q) for i, q in cart if rand() < 0.3 + 0.4 * affinity[self._item_cat[i]]]
-            if not bought:
-                return
-            view("/checkout", {"page_type": "checkout"})
-            order_id = f"ord-{rng.getrandbits(48):012x}"
-            for item, quantity in bought:
-                price = catalog[item].price
-                emit(
-                    "purchase",
-                    item,
-                    {
-                        "order_id": order_id,
-                        "revenue": round(price * quantity, 2),
-                        "currency": currency,
-                        "quantity": quantity,
-                        "category": catalog[item].category,
-                    },
-                    quick(),
-                )
-
-        landing = rand()
-        if landing < 0.45:
-            home()
-        elif landing < 0.70:
-            browse(pick_category())
-        elif landing < 0.85:
-            funnel(pick_item(pick_category()), "other")  # arrived on a product from outside
-        else:
-            view("/", {"page_type": "home"})
-            search(pick_category())
-        for _ in range(int(rng.expovariate(1.0 / (2.0 * length_scale)))):
-            r = rand()
-            if r < 0.35:
-                browse(pick_category())
-            elif r < 0.6:
-                search(pick_category())
-            elif r < 0.85:
-                item = popular_item() if rand() < 0.4 else pick_item(pick_category())
-                funnel(item, "recommendations")
-            else:
-                home()
-        if cart and rand() < 0.8:
-            checkout()
-
-        # The last sessions of the window are squeezed so nothing happens after ``end``.
+    def timed(self, start: int, end_ms: int) -> list[tuple[int, dict[str, Any]]]:
+        """The events placed from ``start`` with their times, squeezed to end by ``end_ms``."""
+        offsets = self._offsets
         span = offsets[-1]
-        if start + span > self.end_ms:
-            scale = (self.end_ms - start) / span
+        if start + span > end_ms:
+            scale = (end_ms - start) / span
             offsets = [int(o * scale) for o in offsets]
         timed = []
-        for offset, event in zip(offsets, events, strict=True):
+        for offset, event in zip(offsets, self._events, strict=True):
             ts = start + offset
-            event["timestamp"] = _rfc3339(ts) if rand() < RFC3339_SHARE else ts
+            event["timestamp"] = _rfc3339(ts) if self._rand() < RFC3339_SHARE else ts
             timed.append((ts, event))
         return timed
+
+    def _emit(
+        self, event_type: str, item: int | None, props: dict[str, Any] | None, think_ms: int
+    ) -> None:
+        if self._events:
+            self._clock += min(think_ms, MAX_THINK_MS)
+        event: dict[str, Any] = {
+            "event_id": str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+            "event_type": event_type,
+            "user_id": self._user_id,
+        }
+        if self._keep_session_id:
+            event["session_id"] = self._session_id
+        event["timestamp"] = 0  # set once the session's times are final
+        if item is not None:
+            event["item_id"] = self._world.catalog[item].item_id
+        if props is not None:
+            event["properties"] = props
+        event["context"] = {
+            "page": self._page,
+            "referrer": self._referrer,
+            "device": self._device,
+            "user_agent": self._agent,
+            "locale": self._locale,
+        }
+        event["schema_version"] = 1
+        self._events.append(event)
+        self._offsets.append(self._clock)
+
+    def _think(self) -> int:
+        return int(self._rng.lognormvariate(9.6, 1.0))  # median ~15 s
+
+    def _quick(self) -> int:
+        return int(self._rng.lognormvariate(8.0, 0.7)) + 300  # median ~3 s
+
+    def _view(self, path: str, props: dict[str, Any], item: int | None = None) -> None:
+        if self._page:
+            self._referrer = SITE + self._page if self._rand() < 0.97 else None
+        self._page = path
+        if self._rand() < 0.7:
+            props["duration_ms"] = int(self._rng.lognormvariate(9.9, 0.9))
+        self._emit("page_view", item, props, self._think())
+
+    def _pick_category(self) -> int:
+        live, pref_cum = self._world._live, self._pref_cum
+        return live[min(bisect(pref_cum, self._rand() * pref_cum[-1]), len(live) - 1)]
+
+    def _pick_item(self, c: int) -> int:
+        ids, cum = self._world._cat_items[c], self._world._cat_cum[c]
+        return ids[min(bisect(cum, self._rand() * cum[-1]), len(ids) - 1)]
+
+    def _popular_item(self) -> int:
+        cum = self._world._item_cum
+        return min(bisect(cum, self._rand() * cum[-1]), len(cum) - 1)
+
+    def _funnel(self, item: int, list_type: str) -> None:
+        """A product view that may go on to click, then add to cart, as affinity allows."""
+        rand, rng = self._rand, self._rng
+        c = self._world._item_cat[item]
+        name = _CATEGORIES[c].name
+        x = self._affinity[c]
+        price = self._world.catalog[item].price
+        product = f"/p/{self._world.catalog[item].item_id}"
+        self._view(product, {"page_type": "product", "category": name}, item)
+        if rand() >= 0.25 + 0.35 * x:
+            return
+        position = min(int(rng.expovariate(0.25)), 59)
+        self._emit(
+            "click",
+            item,
+            {"position": position, "list_type": list_type, "category": name},
+            self._quick(),
+        )
+        if rand() >= 0.15 + 0.35 * x:
+            return
+        quantity = 1 if rand() < 0.8 else rng.choice((2, 2, 2, 3, 4))
+        self._emit(
+            "add_to_cart",
+            item,
+            {"quantity": quantity, "price": price, "currency": self._currency, "category": name},
+            self._quick(),
+        )
+        self.cart.append((item, quantity))
+
+    def _browse(self, c: int) -> None:
+        name = _CATEGORIES[c].name
+        self._view(f"/c/{name}", {"page_type": "category", "category": name})
+        for _ in range(1 + int(self._rng.expovariate(1.2))):
+            self._funnel(self._pick_item(c), "category")
+
+    def _search(self, c: int) -> None:
+        rng = self._rng
+        spec = _CATEGORIES[c]
+        query = rng.choice(spec.queries)
+        results = 0 if self._rand() < 0.05 else int(rng.lognormvariate(3.5, 1.2)) + 1
+        self._emit(
+            "search",
+            None,
+            {"query": query, "result_count": results, "category": spec.name},
+            self._think(),
+        )
+        self._view(_SEARCH_PAGES[query], {"page_type": "search"})
+        if results:
+            for _ in range(int(rng.expovariate(0.9))):
+                self._funnel(self._pick_item(c), "search")
+
+    def _home(self) -> None:
+        self._view("/", {"page_type": "home"})
+        if self._rand() < 0.5:
+            popular = self._rand() < 0.3
+            item = self._popular_item() if popular else self._pick_item(self._pick_category())
+            self._funnel(item, "home")
 
 
 def _rfc3339(ms: int) -> str:

@@ -471,66 +471,74 @@ class Tracker:
         """
         pending: deque[tuple[list[bytes], int]] = deque([(list(events), 0)])
         while pending:
-            chunk, attempt = pending[0]
+            chunk, attempt = pending.popleft()
             if attempt:
                 with self._lock:
                     self._counts.retried += len(chunk)
             reply = self._transport.post(chunk, attempt)
             if reply.verdict is Verdict.DELIVERED:
-                pending.popleft()
                 self._record_delivery(chunk, reply, from_spool)
-                continue
-            if reply.verdict is Verdict.TOO_LARGE:
-                pending.popleft()
-                if len(chunk) > 1:
-                    half = len(chunk) // 2
-                    pending.extendleft([(chunk[half:], 0), (chunk[:half], 0)])
-                else:
-                    self._park(
-                        chunk,
-                        f"event {_event_id(chunk[0])} is too large for the collector even alone "
-                        f"({reply.detail}); it was parked — send smaller properties",
-                    )
-                continue
-            if reply.verdict is Verdict.MALFORMED:
-                pending.popleft()
+            elif reply.verdict is Verdict.TOO_LARGE:
+                pending.extendleft(self._halve_or_park(chunk, reply))
+            elif reply.verdict is Verdict.MALFORMED:
                 self._park(
                     chunk,
                     f"the collector could not parse a batch of {len(chunk)} events "
                     f"({reply.detail}); they were parked — a tracker bug, please report it",
                 )
-                continue
-            rest = [event for part, _ in pending for event in part]
-            if reply.verdict is Verdict.REFUSED:
-                if reply.status in (401, 403):
-                    why = f"collector refused the write key ({reply.detail}); fix it and restart"
-                else:
-                    why = (
-                        f"collector at {self._transport.url} refused the batch ({reply.detail}); "
-                        "fix the endpoint and restart"
-                    )
-                self._pause(self._backoff_max_s, why)
-                return rest
-            if reply.unreachable:
-                self._pause(
-                    self._backoff(),
-                    f"collector at {self._transport.url} is unreachable ({reply.detail})",
-                )
-                return rest
-            wait = random.uniform(0, min(self._backoff_max_s, self._backoff_base_s * 2**attempt))
-            if reply.retry_after_s is not None:
-                wait = max(wait, reply.retry_after_s)
-            if attempt >= retries or wait > self._backoff_max_s:
-                self._pause(
-                    max(wait, self._backoff()),
-                    f"collector at {self._transport.url} failed {_attempts(attempt + 1)} "
-                    f"(last: {reply.detail})",
-                )
-                return rest
-            if self._stopping.wait(wait):
-                return rest
-            pending[0] = (chunk, attempt + 1)
+            else:
+                wait = self._retry_wait_or_pause(reply, attempt, retries)
+                if wait is None or self._stopping.wait(wait):
+                    return chunk + [event for part, _ in pending for event in part]
+                pending.appendleft((chunk, attempt + 1))
         return []
+
+    def _halve_or_park(self, chunk: list[bytes], reply: Reply) -> list[tuple[list[bytes], int]]:
+        """A batch too large for the collector as two halves to send first (in reverse, for
+        ``deque.extendleft``); a single event too large is parked instead."""
+        if len(chunk) > 1:
+            half = len(chunk) // 2
+            return [(chunk[half:], 0), (chunk[:half], 0)]
+        self._park(
+            chunk,
+            f"event {_event_id(chunk[0])} is too large for the collector even alone "
+            f"({reply.detail}); it was parked — send smaller properties",
+        )
+        return []
+
+    def _retry_wait_or_pause(self, reply: Reply, attempt: int, retries: int) -> float | None:
+        """Seconds to wait before retrying a failed post, or None once sending is paused.
+
+        A refused write key or endpoint, an unreachable collector, or a failure past ``retries``
+        attempts (or asking for a longer wait than the backoff allows) pauses sending instead.
+        """
+        if reply.verdict is Verdict.REFUSED:
+            if reply.status in (401, 403):
+                why = f"collector refused the write key ({reply.detail}); fix it and restart"
+            else:
+                why = (
+                    f"collector at {self._transport.url} refused the batch ({reply.detail}); "
+                    "fix the endpoint and restart"
+                )
+            self._pause(self._backoff_max_s, why)
+            return None
+        if reply.unreachable:
+            self._pause(
+                self._backoff(),
+                f"collector at {self._transport.url} is unreachable ({reply.detail})",
+            )
+            return None
+        wait = random.uniform(0, min(self._backoff_max_s, self._backoff_base_s * 2**attempt))
+        if reply.retry_after_s is not None:
+            wait = max(wait, reply.retry_after_s)
+        if attempt >= retries or wait > self._backoff_max_s:
+            self._pause(
+                max(wait, self._backoff()),
+                f"collector at {self._transport.url} failed {_attempts(attempt + 1)} "
+                f"(last: {reply.detail})",
+            )
+            return None
+        return wait
 
     def _record_delivery(self, chunk: list[bytes], reply: Reply, from_spool: bool) -> None:
         accepted = len(chunk) if reply.accepted is None else reply.accepted

@@ -68,6 +68,16 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
 ) -> None:
     data = tmp_path / "lake"
     summary = last_json(invoke(data, "demo", "--json"))
+    assert_every_accepted_event_reached_bronze(summary)
+    assert_silver_and_monitoring_account_for_every_event(summary)
+    assert_gold_published_a_snapshot_a_model_and_recommendations(summary)
+    assert_the_training_set_rebuilds_with_the_same_digest(data, summary["training_set"]["digest"])
+    assert_the_cli_reads_the_demo_lake(data, summary)
+    assert_metrics_serve_the_demo_values(data, summary)
+
+
+def assert_every_accepted_event_reached_bronze(summary: dict[str, Any]) -> None:
+    """The SDK sent every event through the collector; Kafka and bronze hold the accepted."""
     ingest, kafka, bronze = summary["ingest"], summary["kafka"], summary["bronze"]
     sdk, bad = ingest["sdk"], ingest["generated"]["by_kind"]
     assert ingest["path"] == "tracking SDK -> HTTP collector -> Kafka"
@@ -94,6 +104,12 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
     assert bronze["table_version"] >= 1
     assert summary["matches"] is True
 
+
+def assert_silver_and_monitoring_account_for_every_event(summary: dict[str, Any]) -> None:
+    """Silver wrote, quarantined or dropped as duplicate every accepted event; every batch of
+    every query was monitored; the Great Expectations suites passed."""
+    ingest, bronze = summary["ingest"], summary["bronze"]
+    bad = ingest["generated"]["by_kind"]
     silver = summary["silver"]
     assert silver["input"] == ingest["accepted"]
     assert silver["written"] + silver["quarantined"] + silver["duplicates"] == silver["input"]
@@ -119,6 +135,10 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
     assert gx["suites_run"] >= 1 and gx["suites_passed"] == gx["suites_run"]
     assert Path(gx["data_docs"]).is_file()
 
+
+def assert_gold_published_a_snapshot_a_model_and_recommendations(summary: dict[str, Any]) -> None:
+    """Gold published both feature tables; the snapshot pins the training set and the model;
+    the champion recommends to a known user and to a new visitor."""
     gold, snapshot, training = summary["gold"], summary["snapshot"], summary["training_set"]
     assert gold["batches_published"] >= 1 and gold["batches_rejected"] == 0
     assert 0 < gold["user_features"] <= gold["user_features_history"]
@@ -141,6 +161,9 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
     assert len(recs[known]["items"]) == 5 and recs[known]["cold_start"] is False
     assert len(recs["new-visitor"]["items"]) == 5 and recs["new-visitor"]["cold_start"] is True
 
+
+def assert_the_training_set_rebuilds_with_the_same_digest(data: Path, digest: str) -> None:
+    """``training-set build`` from the demo snapshot reproduces the demo's training set."""
     rebuilt = last_json(
         invoke(
             data,
@@ -159,8 +182,13 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
             "--json",
         )
     )
-    assert rebuilt["digest"] == training["digest"]
+    assert rebuilt["digest"] == digest
 
+
+def assert_the_cli_reads_the_demo_lake(data: Path, summary: dict[str, Any]) -> None:
+    """``quality``, ``tables`` and ``sql`` (in this process and in a fresh one) read the lake."""
+    ingest, kafka, bronze = summary["ingest"], summary["kafka"], summary["bronze"]
+    gx = summary["great_expectations"]
     check = run(data, "quality", "check")
     assert check.returncode == 0, check.stderr
     assert "holds" in check.stdout
@@ -192,7 +220,11 @@ def test_demo_json_sends_through_the_collector_and_lands_every_accepted_event(
     history = last_json(invoke(data, "sql", "DESCRIBE HISTORY bronze.events_raw", "--json"))
     assert {r["operation"] for r in history["rows"]} >= {"CREATE TABLE", "WRITE"}
 
-    # `lakehouse metrics serve`: Prometheus text with the documented names and the demo's values.
+
+def assert_metrics_serve_the_demo_values(data: Path, summary: dict[str, Any]) -> None:
+    """`lakehouse metrics serve`: Prometheus text with the documented names and the demo's
+    values."""
+    bronze, silver = summary["bronze"], summary["silver"]
     server = subprocess.Popen(
         [LAKEHOUSE, "metrics", "serve", "--port", "0"],
         env=cli_env(data),

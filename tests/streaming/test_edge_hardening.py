@@ -290,6 +290,26 @@ def address(collector: BackgroundCollector) -> tuple[str, int]:
     return host, int(port)
 
 
+def kept_alive_after_healthz(collector: BackgroundCollector) -> socket.socket:
+    """A connection whose one request (``GET /healthz``) was answered; it stays open."""
+    idle = socket.create_connection(address(collector), timeout=10)
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b'{"status": "ok"}'):
+        chunk = idle.recv(65536)
+        assert chunk, f"keep-alive request not answered: {answer!r}"
+        answer += chunk
+    return idle
+
+
+def seconds_to_accept_a_click(collector: BackgroundCollector) -> float:
+    """How long the collector takes to answer 200 to a one-click batch."""
+    t0 = time.monotonic()
+    ok = requests.post(f"{collector.url}/v1/events", json=[click()], headers=AUTH, timeout=10)
+    assert ok.status_code == 200, ok.text
+    return time.monotonic() - t0
+
+
 def test_slow_silent_and_idle_connections_are_closed_at_the_header_timeout(
     lake_settings: Settings,
 ) -> None:
@@ -306,13 +326,7 @@ def test_slow_silent_and_idle_connections_are_closed_at_the_header_timeout(
         opened = time.monotonic()
         trickling = [socket.create_connection(address(running), timeout=10) for _ in range(12)]
         silent = [socket.create_connection(address(running), timeout=10) for _ in range(4)]
-        idle = socket.create_connection(address(running), timeout=10)
-        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        answer = b""
-        while not answer.endswith(b'{"status": "ok"}'):
-            chunk = idle.recv(65536)
-            assert chunk, f"keep-alive request not answered: {answer!r}"
-            answer += chunk
+        idle = kept_alive_after_healthz(running)
         answered = time.monotonic()
         everyone = [*trickling, *silent, idle]
         closed_at: dict[socket.socket, float] = {}
@@ -338,12 +352,7 @@ def test_slow_silent_and_idle_connections_are_closed_at_the_header_timeout(
                     assert data == b"", f"the server answered a request it never got: {data!r}"
                     closed_at[conn] = time.monotonic()
                 if served_in is None and sent == 5:  # while all of them hold a connection
-                    t0 = time.monotonic()
-                    ok = requests.post(
-                        f"{running.url}/v1/events", json=[click()], headers=AUTH, timeout=10
-                    )
-                    assert ok.status_code == 200, ok.text
-                    served_in = time.monotonic() - t0
+                    served_in = seconds_to_accept_a_click(running)
         finally:
             for conn in everyone:
                 conn.close()

@@ -70,26 +70,8 @@ def test_every_micro_batch_is_recorded_and_a_quarantine_spike_fires_its_alert(
     )
     silver = run_silver(spark, settings, trigger=AVAILABLE_NOW, monitor=monitor)
 
-    rows = progress_rows(catalog)
-    by_query: dict[str, list[int]] = {}
-    for row in rows:
-        by_query.setdefault(row["query_name"], []).append(row["batch_id"])
-    # One row per micro-batch per query, nothing twice, batch ids 0..n-1.
-    assert sorted(by_query["bronze_events_raw"]) == list(range(bronze.stats.batches_written))
-    assert bronze.stats.batches_written >= 3  # 1,200 records, at most 450 per trigger
-    assert sorted(by_query["silver_events"]) == list(range(silver.stats.batches_written))
-    bronze_rows = sorted(
-        (r for r in rows if r["query_name"] == "bronze_events_raw"), key=lambda r: r["batch_id"]
-    )
-    assert all(0 < r["num_input_rows"] <= 450 for r in bronze_rows)
-    assert sum(r["num_input_rows"] for r in bronze_rows) == 1_200
-    # What was left after each batch, from the source's own offsets.
-    read = 0
-    for row in bronze_rows:
-        read += row["num_input_rows"]
-        assert row["backlog"] == 1_200 - read
-    assert all(
-        r["batch_duration_ms"] > 0 and "addBatch" in dict(r["duration_ms"]) for r in bronze_rows
+    assert_one_progress_row_per_micro_batch(
+        catalog, bronze.stats.batches_written, silver.stats.batches_written
     )
 
     health = collect_health(catalog)
@@ -109,14 +91,7 @@ def test_every_micro_batch_is_recorded_and_a_quarantine_spike_fires_its_alert(
     assert "quarantine_rate" in result.output and "silver.quarantine" in result.output
 
     # /metrics over HTTP: Prometheus text with the documented names and these exact values.
-    collector = HealthCollector(lambda: collect_health(catalog), settings.monitoring.alerts)
-    server, port = serve_metrics(collector, "127.0.0.1", 0)
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-    finally:
-        server.shutdown()
-    samples = metric_samples(text)
+    samples = served_metrics(catalog, settings)
     assert samples[("lakehouse_query_batches_total", (("query", "bronze_events_raw"),))] == 3
     silver_rows = catalog.info(SILVER_EVENTS.name).rows
     assert samples[("lakehouse_table_rows", (("table", "silver.events"),))] == silver_rows
@@ -137,7 +112,56 @@ def test_every_micro_batch_is_recorded_and_a_quarantine_spike_fires_its_alert(
         >= 0
     )
 
-    # The HTML report renders its plots in a real browser.
+    assert_the_report_renders_its_plots(settings, catalog, tmp_path)
+
+
+def assert_one_progress_row_per_micro_batch(
+    catalog: Catalog, bronze_batches: int, silver_batches: int
+) -> None:
+    """monitoring.query_progress holds one row per micro-batch of each query, with the rows it
+    read, the backlog left after it and its durations."""
+    rows = progress_rows(catalog)
+    by_query: dict[str, list[int]] = {}
+    for row in rows:
+        by_query.setdefault(row["query_name"], []).append(row["batch_id"])
+    # One row per micro-batch per query, nothing twice, batch ids 0..n-1.
+    assert sorted(by_query["bronze_events_raw"]) == list(range(bronze_batches))
+    assert bronze_batches >= 3  # 1,200 records, at most 450 per trigger
+    assert sorted(by_query["silver_events"]) == list(range(silver_batches))
+    bronze_rows = sorted(
+        (r for r in rows if r["query_name"] == "bronze_events_raw"), key=lambda r: r["batch_id"]
+    )
+    assert all(0 < r["num_input_rows"] <= 450 for r in bronze_rows)
+    assert sum(r["num_input_rows"] for r in bronze_rows) == 1_200
+    # What was left after each batch, from the source's own offsets.
+    read = 0
+    for row in bronze_rows:
+        read += row["num_input_rows"]
+        assert row["backlog"] == 1_200 - read
+    assert all(
+        r["batch_duration_ms"] > 0 and "addBatch" in dict(r["duration_ms"]) for r in bronze_rows
+    )
+
+
+def served_metrics(
+    catalog: Catalog, settings: Settings
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples of one scrape of /metrics over HTTP."""
+    collector = HealthCollector(lambda: collect_health(catalog), settings.monitoring.alerts)
+    server, port = serve_metrics(collector, "127.0.0.1", 0)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+    return metric_samples(text)
+
+
+def assert_the_report_renders_its_plots(
+    settings: Settings, catalog: Catalog, tmp_path: Path
+) -> None:
+    """The HTML report holds its plots and renders them in a real browser (skipped without
+    headless Chromium)."""
     report = tmp_path / "report.html"
     report.write_text(build_report(settings, catalog))
     html = report.read_text()

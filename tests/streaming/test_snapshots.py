@@ -256,9 +256,10 @@ def test_vacuum_hours_reach_back_past_the_oldest_pin() -> None:
     assert vacuum_hours(168, now - timedelta(days=10), now) == 241
 
 
-def test_maintenance_keeps_pinned_versions_and_vacuums_the_rest(
-    spark: SparkSession, catalog: Catalog
-) -> None:
+def pinned_lake(spark: SparkSession, catalog: Catalog) -> tuple[set[Path], set[Path], set[Path]]:
+    """bronze.events_raw at version 5 with version 4 pinned as ``pinned``; returns the files
+    compacted away a day before the pin, the files the pin reads (the compacted file and batch
+    2's), and the files added after it (batch 3's)."""
     append(spark, catalog, 0)
     append(spark, catalog, 1)
     compact(spark, catalog)  # version 3 replaces the small files of batches 0 and 1 by one
@@ -273,9 +274,13 @@ def test_maintenance_keeps_pinned_versions_and_vacuums_the_rest(
     assert not compacted & removed_before_pin
     assert compacted < pinned_files
     assert removed_after_pin
-    freed = sum(p.stat().st_size for p in removed_before_pin)
-    before = read_table(spark, catalog, BRONZE, snapshot="pinned").collect()
+    return removed_before_pin, pinned_files, removed_after_pin
 
+
+def assert_a_dry_run_deletes_nothing(
+    spark: SparkSession, catalog: Catalog, removed_before_pin: set[Path], freed: int
+) -> None:
+    """A dry run reports the files the pinned lake's maintenance would vacuum, and keeps them."""
     dry = maintain(
         spark, catalog, [BRONZE], retention_hours=0, enforce_retention=False, dry_run=True
     ).table(BRONZE)
@@ -285,6 +290,15 @@ def test_maintenance_keeps_pinned_versions_and_vacuums_the_rest(
     assert dry["retention_hours"] == 2  # the pin is minutes old: its age plus the margin
     assert dry["version_after"] == dry["version_before"] == 5
     assert all(p.exists() for p in removed_before_pin)  # a dry run deletes nothing
+
+
+def test_maintenance_keeps_pinned_versions_and_vacuums_the_rest(
+    spark: SparkSession, catalog: Catalog
+) -> None:
+    removed_before_pin, pinned_files, removed_after_pin = pinned_lake(spark, catalog)
+    freed = sum(p.stat().st_size for p in removed_before_pin)
+    before = read_table(spark, catalog, BRONZE, snapshot="pinned").collect()
+    assert_a_dry_run_deletes_nothing(spark, catalog, removed_before_pin, freed)
 
     entry = maintain(spark, catalog, [BRONZE], retention_hours=0, enforce_retention=False).table(
         BRONZE
