@@ -24,13 +24,12 @@ import json
 
 import pandas as pd
 
-from pipelines import jobs
-from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import Snapshots, read_table
+from pipelines.runtime import lakehouse
 from pipelines.training.sets import training_sets
 
-settings = jobs.settings_for(dbutils.widgets.get("env"))
-catalog = Catalog.for_settings(settings)
+lake = lakehouse(dbutils.widgets.get("env"))
+settings, catalog = lake.settings, lake.catalog
 print(f"env {settings.env}: tables under {catalog.storage.tables_root}")
 
 # COMMAND ----------

@@ -114,9 +114,9 @@ def test_job_notebook_defaults_to_prod_and_exits_with_the_summary(name: str) -> 
     assert source.rstrip().endswith("dbutils.notebook.exit(json.dumps(result))")
 
 
-def test_the_tour_reads_settings_through_the_jobs_runtime_and_uses_catalog_names() -> None:
+def test_the_tour_reads_settings_through_the_lakehouse_runtime_and_uses_catalog_names() -> None:
     source = (NOTEBOOKS / "explore_gold.py").read_text()
-    assert "jobs.settings_for(" in source and "load_settings(" not in source
+    assert "lakehouse(" in source and "load_settings(" not in source and "Catalog" not in source
 
     for spec in (GOLD_USER_FEATURES, GOLD_ITEM_FEATURES):
         assert f"FROM {spec.name}\n" in source
