@@ -164,7 +164,8 @@ def gold_batch_handler(
         for kind, rows in candidates.items():
             target = _TARGETS[kind]
             current, past = target.current.name, target.history.name
-            appenders[current].upsert(rows, target.key, app[current], batch_id, spark=spark)
+            frame = spark.createDataFrame(rows, schema=target.current.schema)
+            appenders[current].upsert(frame, target.key, app[current], batch_id)
             appenders[past].append(history[kind], app[past], batch_id, spark=spark)
         clock.lap("publish")
         stats.timings.append(clock.laps)
