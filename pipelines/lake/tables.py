@@ -203,6 +203,30 @@ GOLD_ITEM_FEATURES_HISTORY = TableSpec(
 )
 
 
+def _bucket_schema(kind: str) -> StructType:
+    from pipelines.gold.features import ITEM_BUCKETS_SCHEMA, USER_BUCKETS_SCHEMA
+
+    return USER_BUCKETS_SCHEMA if kind == "user" else ITEM_BUCKETS_SCHEMA
+
+
+# The gold job's state: per key and hour, the partial aggregates every feature needs. Internal
+# (no change feed); each micro-batch MERGEs its events' contributions in one idempotent commit.
+GOLD_USER_FEATURE_BUCKETS = TableSpec(
+    name="gold.user_feature_buckets",
+    schema=_bucket_schema("user"),
+    change_data_feed=False,
+    description="Gold state: per user and hour (bucket_end), partial aggregates of its events "
+    "(counts per type, revenue, category scores, items, first/last event time); MERGEd per batch.",
+)
+GOLD_ITEM_FEATURE_BUCKETS = TableSpec(
+    name="gold.item_feature_buckets",
+    schema=_bucket_schema("item"),
+    change_data_feed=False,
+    description="Gold state: per item and hour (bucket_end), partial aggregates of its events "
+    "(counts per type, latest categorized event, first/last event time); MERGEd per batch.",
+)
+
+
 def _training_set_schema() -> StructType:
     # The point-in-time join's output: label columns, then each side's feature_ts and features.
     from pipelines.gold.features import ITEM_FEATURES_SCHEMA, USER_FEATURES_SCHEMA
@@ -420,6 +444,8 @@ TABLES: dict[str, TableSpec] = {
         GOLD_USER_FEATURES_HISTORY,
         GOLD_ITEM_FEATURES,
         GOLD_ITEM_FEATURES_HISTORY,
+        GOLD_USER_FEATURE_BUCKETS,
+        GOLD_ITEM_FEATURE_BUCKETS,
         GOLD_TRAINING_SETS,
         GOLD_RECOMMENDATIONS,
         QUALITY_BATCH_RESULTS,

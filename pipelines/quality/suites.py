@@ -7,6 +7,11 @@ dataframe asset, one whole-dataframe batch definition, one validation definition
 checkpoint, all named after the suite, so repeated calls and restarts on the same folder reuse
 them instead of piling up new names.
 
+A suite is evaluated from one Spark aggregation over the batch when ``suite_metrics`` compiles
+all its metrics (every suite here does): GX's expectation code turns the values into its usual
+results, which are stored and rendered like a checkpoint run's. Otherwise GX's own validator
+runs its rounds of metric jobs.
+
 GX output is kept out of the job's logs and off the network through the context's own config:
 ``progress_bars`` off (the "Calculating Metrics" bars) and ``analytics_enabled`` off. (GX 1.24
 has no usage-statistics sender left, so the flag only guards a future upgrade.) Every Data Docs

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,6 +216,7 @@ class DeltaWriter:
         *,
         delete_flag: str | None = None,
         target_filter: str | None = None,
+        update: Mapping[str, Column] | None = None,
     ) -> int:
         """MERGE ``frame`` on ``key`` in one idempotent commit; returns the table version.
 
@@ -226,7 +227,11 @@ class DeltaWriter:
         columns. ``target_filter`` (SQL on the target's columns, prefixed ``t.``) is added to the
         merge condition so Delta only scans the files that can match. The source is not
         counted: a caller with nothing to merge should not call (an empty source still commits).
+        ``update`` replaces "update every column" for matched rows with these assignments (over
+        the target ``t`` and the source ``s``), e.g. to add the source's counts to the target's.
         """
+        if update is not None and delete_flag is not None:
+            raise ValueError("upsert takes update assignments or a delete flag, not both")
         session = frame.sparkSession
         self.ensure(session)
         if self.committed(app_id, batch_id):
@@ -243,7 +248,9 @@ class DeltaWriter:
             condition = f"({condition}) AND ({target_filter})"
         target = DeltaTable.forPath(session, self.location).alias("t")
         merger = target.merge(frame.select(*columns).alias("s"), condition)
-        if delete_flag is None:
+        if update is not None:
+            merger = merger.whenMatchedUpdate(set=dict(update)).whenNotMatchedInsertAll()
+        elif delete_flag is None:
             merger = merger.whenMatchedUpdateAll().whenNotMatchedInsertAll()
         else:
             # The flag is not a table column, so the assignments are spelled out.
@@ -259,6 +266,12 @@ class DeltaWriter:
         with idempotent_dml(session, app_id, batch_id, _commit_stamp(app_id, batch_id, None)):
             merger.execute()
         return self.version()
+
+    def delete(self, spark: SparkSession, condition: str) -> None:
+        """Delete the rows matching ``condition`` (SQL on the table's columns). Not keyed by a
+        batch: deleting what matches a fixed predicate is idempotent by itself."""
+        self.ensure(spark)
+        DeltaTable.forPath(spark, self.location).delete(condition)
 
     def version(self) -> int:
         """The table's latest version (-1 before it exists)."""

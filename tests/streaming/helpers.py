@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pyspark.sql import DataFrame, Row, SparkSession
 
 from pipelines.config import Settings
+from pipelines.lake.catalog import Catalog
 from pipelines.streaming.kafka import EventProducer
 
 
@@ -52,6 +54,17 @@ def forget_commit(checkpoint: str, batch_id: int) -> None:
     commits = Path(checkpoint) / "commits"
     (commits / str(batch_id)).unlink()
     (commits / f".{batch_id}.crc").unlink(missing_ok=True)
+
+
+def forget_last_commit(spark: SparkSession, catalog: Catalog, table: str) -> None:
+    """Undo a table's latest Delta commit, as if the process died before making it."""
+    log = Path(catalog.location(table)) / "_delta_log"
+    last = catalog.delta_table(table).version()
+    # The commit file, its Delta checksum and Hadoop's hidden .crc of each.
+    for entry in [*log.glob(f"{last:020d}.*"), *log.glob(f".{last:020d}.*")]:
+        entry.unlink()
+    assert spark._jvm is not None
+    spark._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # as a restarted process would
 
 
 def read_topic(

@@ -39,7 +39,7 @@ from pipelines.lake.tables import (
 from pipelines.quality.report import accounting_report
 from pipelines.silver.job import run_silver, silver_suite_validator
 from tests.conftest import SharedBroker, make_settings
-from tests.streaming.helpers import forget_commit
+from tests.streaming.helpers import forget_commit, forget_last_commit
 from tests.streaming.test_gold_job import NOW, click, silver_from
 from tests.streaming.test_silver_job import event, land_in_bronze
 
@@ -154,17 +154,6 @@ def test_silver_replayed_after_its_writes_still_records_its_suite_result(
     run_silver(spark, settings, trigger=AVAILABLE_NOW, validator=restarted)
 
     assert accounting_report(catalog, require_suites=True).suite_problems == []
-
-
-def forget_last_commit(spark: SparkSession, catalog: Catalog, table: str) -> None:
-    """Undo a table's latest Delta commit, as if the process died before making it."""
-    log = Path(catalog.location(table)) / "_delta_log"
-    last = catalog.delta_table(table).version()
-    # The commit file, its Delta checksum and Hadoop's hidden .crc of each.
-    for entry in [*log.glob(f"{last:020d}.*"), *log.glob(f".{last:020d}.*")]:
-        entry.unlink()
-    assert spark._jvm is not None
-    spark._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # as a restarted process would
 
 
 # -- the checks can fail ----------------------------------------------------------------------
