@@ -329,7 +329,10 @@ def parse_duration(text: str) -> timedelta:
 
 def sql_interval(text: str) -> str:
     """A duration as a Spark SQL interval literal: ``INTERVAL 600 SECONDS``."""
-    return f"INTERVAL {parse_duration(text).total_seconds():g} SECONDS"
+    micros = parse_duration(text) // timedelta(microseconds=1)
+    seconds, fraction = divmod(micros, 1_000_000)
+    # Plain digits: a float's shortest form turns 40 days into "3.456e+06", which SQL refuses.
+    return f"INTERVAL {seconds}{f'.{fraction:06d}'.rstrip('0') if fraction else ''} SECONDS"
 
 
 class GreatExpectationsSettings(_Model):

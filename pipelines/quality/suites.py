@@ -7,6 +7,11 @@ dataframe asset, one whole-dataframe batch definition, one validation definition
 checkpoint, all named after the suite, so repeated calls and restarts on the same folder reuse
 them instead of piling up new names.
 
+A suite is evaluated from one Spark aggregation over the batch when ``suite_metrics`` compiles
+all its metrics (every suite here does): GX's expectation code turns the values into its usual
+results, which are stored and rendered like a checkpoint run's. Otherwise GX's own validator
+runs its rounds of metric jobs.
+
 GX output is kept out of the job's logs and off the network through the context's own config:
 ``progress_bars`` off (the "Calculating Metrics" bars) and ``analytics_enabled`` off. (GX 1.24
 has no usage-statistics sender left, so the flag only guards a future upgrade.) Every Data Docs
@@ -16,6 +21,7 @@ site other than ours is dropped, and the datasource does not cache batches.
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +32,7 @@ from typing import Any
 import great_expectations as gx
 import great_expectations.expectations as gxe
 from great_expectations.checkpoint import Checkpoint, UpdateDataDocsAction, ValidationAction
+from great_expectations.constants import DATAFRAME_REPLACEMENT_STR
 from great_expectations.core.batch_definition import BatchDefinition
 from great_expectations.core.expectation_validation_result import (
     ExpectationSuiteValidationResult,
@@ -33,10 +40,20 @@ from great_expectations.core.expectation_validation_result import (
 )
 from great_expectations.data_context import FileDataContext
 from great_expectations.data_context.types.base import ProgressBarsConfig
+from great_expectations.data_context.types.resource_identifiers import (
+    ExpectationSuiteIdentifier,
+    ValidationResultIdentifier,
+)
 from great_expectations.datasource.fluent import SparkDatasource
 from great_expectations.expectations import Expectation
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+from great_expectations.util import convert_to_json_serializable
+from great_expectations.validator.validation_statistics import calc_validation_statistics
 from pyspark.sql import DataFrame
+
+from pipelines.quality.suite_metrics import evaluate_in_one_pass, one_pass_supported
+
+log = logging.getLogger(__name__)
 
 EARLIEST_EVENT_TS = datetime(2000, 1, 1, tzinfo=UTC)
 DATA_DOCS_DIR = "data_docs"
@@ -156,12 +173,14 @@ class SuiteRunner:
             "result_format": "SUMMARY",
             "partial_unexpected_count": unexpected_samples,
         }
+        self._unexpected_samples = unexpected_samples
         project_dir = project_dir.resolve()
         self._docs_dir = project_dir / DATA_DOCS_DIR if data_docs else None
         self._lock = threading.Lock()
         self._context = _file_context(project_dir, self._docs_dir)
         self._source = _spark_datasource(self._context)
         self._checkpoints: dict[str, Checkpoint] = {}
+        self._validations: dict[str, gx.ValidationDefinition] = {}
         # Per suite, the id and label of each expectation, in suite order.
         self._expectations: dict[str, list[tuple[str | None, str]]] = {}
 
@@ -200,16 +219,28 @@ class SuiteRunner:
                     result_format=self._result_format,
                 )
             )
+            self._validations[suite_name] = validation
             self._expectations[suite_name] = [
                 (e.id, _label(e.configuration)) for e in suite.expectations
             ]
 
-    def validate(self, df: DataFrame, suite_name: str, batch_label: str) -> SuiteResult:
+    def validate(
+        self,
+        df: DataFrame,
+        suite_name: str,
+        batch_label: str,
+        *,
+        one_pass: bool | None = None,
+    ) -> SuiteResult:
         """Run the suite on ``df`` and, when enabled, add the result to Data Docs.
 
-        An expectation GX could not evaluate (an error inside GX, a missing column) is reported
-        as failed with the error, never as passed. GX runs several Spark jobs over ``df``:
-        persist it first if it is expensive to recompute.
+        By default (``one_pass`` None) a suite whose metrics ``suite_metrics`` compiles, with no
+        unexpected-value samples asked for, is evaluated from one Spark aggregation over ``df``
+        (``evaluate_in_one_pass``); otherwise, or with ``one_pass=False``, GX's validator runs
+        its own metric rounds (several Spark jobs: persist ``df`` first if it is expensive to
+        recompute). Either way the results are GX's (stored, and rendered in Data Docs, the
+        same way). An expectation that could not be evaluated (an error inside GX, a missing
+        column) is reported as failed with the error, never as passed.
         """
         if not batch_label or "/" in batch_label or "\\" in batch_label:
             raise ValueError(
@@ -220,8 +251,20 @@ class SuiteRunner:
         with self._lock:
             checkpoint = self._checkpoint(suite_name)
             expected = self._expectations[suite_name]
-            outcome = checkpoint.run(batch_parameters={"dataframe": df}, run_id=run_id)
-        (validation,) = outcome.run_results.values()
+            validation_definition = self._validations[suite_name]
+            configurations = validation_definition.suite.expectation_configurations
+            if one_pass is None:
+                one_pass = self._unexpected_samples == 0 and one_pass_supported(
+                    configurations, self._result_format
+                )
+            validation = (
+                self._validate_in_one_pass(df, checkpoint, validation_definition, run_id)
+                if one_pass
+                else None
+            )
+            if validation is None:
+                outcome = checkpoint.run(batch_parameters={"dataframe": df}, run_id=run_id)
+                (validation,) = outcome.run_results.values()
         docs_index = self.data_docs_index
         return _suite_result(
             validation,
@@ -231,6 +274,70 @@ class SuiteRunner:
             run_time=run_id.run_time.astimezone(UTC),
             docs_index=None if docs_index is None else str(docs_index),
         )
+
+    def _validate_in_one_pass(
+        self,
+        df: DataFrame,
+        checkpoint: Checkpoint,
+        validation_definition: gx.ValidationDefinition,
+        run_id: gx.RunIdentifier,
+    ) -> ExpectationSuiteValidationResult | None:
+        """What ``checkpoint.run`` does, with the metrics from one aggregation: the results,
+        stored in the project's validation results store and rendered in Data Docs. None when
+        the aggregation failed: the caller then runs GX's validator."""
+        suite = validation_definition.suite
+        # The batch GX would validate: its id and metadata, without any Spark job.
+        batch = validation_definition.batch_definition.get_batch(batch_parameters={"dataframe": df})
+        configurations = []
+        for configuration in suite.expectation_configurations:
+            evaluated = copy.deepcopy(configuration)
+            evaluated.kwargs.update({"batch_id": batch.id})
+            configurations.append(evaluated)
+        try:
+            results = evaluate_in_one_pass(df, configurations, self._result_format)
+        except Exception as error:  # e.g. a bound Spark cannot compare with the column's type
+            # GX's validator pins an error on the expectation that raised it, not the suite.
+            log.warning("one-pass validation of %s failed (%s); using GX", suite.name, error)
+            return None
+        statistics = calc_validation_statistics(results)
+        validation = ExpectationSuiteValidationResult(
+            results=results,
+            success=statistics.success,
+            suite_name=suite.name,
+            statistics={
+                "evaluated_expectations": statistics.evaluated_expectations,
+                "successful_expectations": statistics.successful_expectations,
+                "unsuccessful_expectations": statistics.unsuccessful_expectations,
+                "success_percent": statistics.success_percent,
+            },
+            meta={
+                "great_expectations_version": gx.__version__,
+                "batch_spec": convert_to_json_serializable(batch.batch_spec),
+                "batch_markers": batch.batch_markers,
+                "active_batch_definition": convert_to_json_serializable(batch.batch_definition),
+                "validation_id": validation_definition.id,
+                "checkpoint_id": checkpoint.id,
+                "run_id": run_id,
+                "validation_time": run_id.run_time,
+                "batch_parameters": {"dataframe": DATAFRAME_REPLACEMENT_STR},
+            },
+            batch_id=batch.id,
+        )
+        suite_key = ExpectationSuiteIdentifier(name=suite.name)
+        key = ValidationResultIdentifier(
+            expectation_suite_identifier=suite_key, run_id=run_id, batch_identifier=batch.id
+        )
+        self._context.validation_results_store.store_validation_results(
+            suite_validation_result=validation,
+            suite_validation_result_identifier=key,
+            expectation_suite_identifier=suite_key,
+        )
+        if self._docs_dir is not None:
+            # As GX's UpdateDataDocsAction: the result's page, its suite's page and the index
+            # (GX's annotation admits one kind of identifier per list; the action mixes both).
+            pages: list[Any] = [key, suite_key]
+            self._context.build_data_docs(site_names=[_DOCS_SITE], resource_identifiers=pages)
+        return validation
 
     def _checkpoint(self, suite_name: str) -> Checkpoint:
         try:

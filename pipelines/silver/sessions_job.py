@@ -10,6 +10,10 @@ for why it is exact). Per micro-batch of new silver events (the table's change f
    sessions) carrying the Delta app transaction (query id, batch id): a replayed batch whose
    MERGE landed is skipped, one that did not is recomputed from silver identically.
 
+All of it runs in Spark: the changes are persisted once and are the MERGE's source, written by
+the executors; the driver only collects the earliest window start and two counts (changes,
+deletions).
+
 Late events within the allowed lateness therefore land in, extend, or merge the right sessions.
 """
 
@@ -19,8 +23,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pyarrow as pa
-import pyarrow.compute as pc
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
@@ -86,7 +89,8 @@ def sessions_batch_handler(
         new = session_events(batch_df)
         affected = new.select("user_id").distinct()
         existing = catalog.read(spark, SILVER_SESSIONS.name).join(affected, "user_id")
-        windows = recompute_windows(new, existing, gap).cache()
+        windows = recompute_windows(new, existing, gap).persist(StorageLevel.MEMORY_AND_DISK)
+        changes: DataFrame | None = None
         try:
             first = windows.agg(F.min("window_start").alias("start")).first()
             if first is None or first.start is None:
@@ -101,29 +105,37 @@ def sessions_batch_handler(
                 .filter(F.col("session_start") >= F.col("window_start"))
                 .drop("window_start")
             )
-            changes = pa.table(session_changes(recomputed, existing_in_window).toArrow())
+            # Computed once, before the MERGE rewrites the sessions it was derived from.
+            changes = session_changes(recomputed, existing_in_window).persist(
+                StorageLevel.MEMORY_AND_DISK
+            )
+            counts = changes.agg(
+                F.count(F.lit(1)).alias("rows"), F.count_if("_delete").alias("deletes")
+            ).first()
+            assert counts is not None
+            rows, deletes = int(counts["rows"]), int(counts["deletes"])
+            if rows:  # an empty change set makes no commit
+                appender.upsert(changes, "session_id", app_id, batch_id, delete_flag="_delete")
         finally:
             windows.unpersist()
-        appender.upsert(changes, "session_id", app_id, batch_id, delete_flag="_delete", spark=spark)
-        deletes = int(pc.sum(changes.column("_delete").cast(pa.int64())).as_py() or 0)
+            if changes is not None:
+                changes.unpersist()
         stats.batches_written += 1
         stats.events_read += batch_df.count()
         stats.sessions_deleted += deletes
-        stats.sessions_upserted += changes.num_rows - deletes
+        stats.sessions_upserted += rows - deletes
 
     return handle
 
 
-def run_sessions(
+def start_sessions(
     spark: SparkSession,
     settings: Settings,
     *,
     trigger: TriggerSettings | None = None,
-    on_progress: Callable[[StreamingQuery, SessionStats], None] | None = None,
-    timeout_s: float | None = None,
     monitor: QueryMonitor | None = None,
-) -> SessionsRun:
-    """Run the sessions query over the silver change feed."""
+) -> tuple[StreamingQuery, SessionStats]:
+    """Start the sessions query and return it without waiting (see ``run_sessions``)."""
     catalog = Catalog.for_settings(settings, LAKE_TABLES)
     ensure_table(spark, catalog, SILVER_EVENTS)
     ensure_table(spark, catalog, SILVER_SESSIONS)
@@ -147,12 +159,27 @@ def run_sessions(
         trigger=trigger or settings.streaming.trigger,
         monitor=monitor,
     )
+    return query, stats
+
+
+def run_sessions(
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    trigger: TriggerSettings | None = None,
+    on_progress: Callable[[StreamingQuery, SessionStats], None] | None = None,
+    timeout_s: float | None = None,
+    monitor: QueryMonitor | None = None,
+) -> SessionsRun:
+    """Run the sessions query over the silver change feed."""
+    query, stats = start_sessions(spark, settings, trigger=trigger, monitor=monitor)
     await_query(
         query,
         on_progress=(lambda q: on_progress(q, stats)) if on_progress else None,
         timeout_s=timeout_s,
         monitor=monitor,
     )
+    catalog = Catalog.for_settings(settings, LAKE_TABLES)
     return SessionsRun(stats, str(query.id), catalog.delta_table(SILVER_SESSIONS.name).version())
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,7 @@ from delta.tables import DeltaTable
 from deltalake import DeltaTable as DeltaRsTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.tables import TableSpec
@@ -208,35 +209,48 @@ class DeltaWriter:
 
     def upsert(
         self,
-        data: pa.Table,
-        key: str,
+        frame: DataFrame,
+        key: str | Sequence[str],
         app_id: str,
         batch_id: int,
         *,
         delete_flag: str | None = None,
-        spark: SparkSession | None = None,
+        target_filter: str | None = None,
+        update: Mapping[str, Column] | None = None,
     ) -> int:
-        """MERGE ``data`` on ``key`` in one idempotent commit; returns the table version.
+        """MERGE ``frame`` on ``key`` in one idempotent commit; returns the table version.
 
-        Matched rows are updated, new rows inserted; with ``delete_flag`` (a boolean column of
-        ``data``), matched rows flagged true are deleted and flagged rows are never inserted.
+        The MERGE source is the DataFrame itself, built by the executors (nothing goes through
+        the driver). Its columns are selected and cast to the table's; matched rows are updated,
+        new rows inserted. With ``delete_flag`` (a boolean column of ``frame``), matched rows
+        flagged true are deleted and flagged rows are never inserted. ``key`` may name several
+        columns. ``target_filter`` (SQL on the target's columns, prefixed ``t.``) is added to the
+        merge condition so Delta only scans the files that can match. The source is not
+        counted: a caller with nothing to merge should not call (an empty source still commits).
+        ``update`` replaces "update every column" for matched rows with these assignments (over
+        the target ``t`` and the source ``s``), e.g. to add the source's counts to the target's.
         """
-        session = _session(spark)
+        if update is not None and delete_flag is not None:
+            raise ValueError("upsert takes update assignments or a delete flag, not both")
+        session = frame.sparkSession
         self.ensure(session)
         if self.committed(app_id, batch_id):
             log.warning(
                 "%s: merge %s of %s already committed; skipping", self.spec.name, batch_id, app_id
             )
             return self.version()
-        columns = [c for c in data.column_names if c != delete_flag]
-        source = conform(data.select(columns), self.spec.arrow_schema)
+        columns = conform_columns(frame, self.spec.schema)
         if delete_flag is not None:
-            source = source.append_column(delete_flag, data.column(delete_flag))
-        if source.num_rows == 0:
-            return self.version()
+            columns.append(F.col(delete_flag).cast("boolean").alias(delete_flag))
+        keys = [key] if isinstance(key, str) else list(key)
+        condition = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+        if target_filter:
+            condition = f"({condition}) AND ({target_filter})"
         target = DeltaTable.forPath(session, self.location).alias("t")
-        merger = target.merge(session.createDataFrame(source).alias("s"), f"t.{key} = s.{key}")
-        if delete_flag is None:
+        merger = target.merge(frame.select(*columns).alias("s"), condition)
+        if update is not None:
+            merger = merger.whenMatchedUpdate(set=dict(update)).whenNotMatchedInsertAll()
+        elif delete_flag is None:
             merger = merger.whenMatchedUpdateAll().whenNotMatchedInsertAll()
         else:
             # The flag is not a table column, so the assignments are spelled out.
@@ -252,6 +266,12 @@ class DeltaWriter:
         with idempotent_dml(session, app_id, batch_id, _commit_stamp(app_id, batch_id, None)):
             merger.execute()
         return self.version()
+
+    def delete(self, spark: SparkSession, condition: str) -> None:
+        """Delete the rows matching ``condition`` (SQL on the table's columns). Not keyed by a
+        batch: deleting what matches a fixed predicate is idempotent by itself."""
+        self.ensure(spark)
+        DeltaTable.forPath(spark, self.location).delete(condition)
 
     def version(self) -> int:
         """The table's latest version (-1 before it exists)."""
@@ -354,6 +374,14 @@ def _session(spark: SparkSession | None) -> SparkSession:
             "the delta-spark writer needs a SparkSession: pass spark=batch_df.sparkSession"
         )
     return session
+
+
+def conform_columns(frame: DataFrame, schema: StructType) -> list[Column]:
+    """``frame``'s columns for a table of ``schema``: its fields in order, cast to its types."""
+    missing = [name for name in schema.fieldNames() if name not in frame.columns]
+    if missing:
+        raise ValueError(f"batch is missing columns {missing} of the target table")
+    return [F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields]
 
 
 def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from pyspark.sql import DataFrame, Row, SparkSession
 
 from pipelines.config import Settings
+from pipelines.lake.catalog import Catalog
 from pipelines.streaming.kafka import EventProducer
 
 
@@ -46,6 +53,17 @@ def forget_commit(checkpoint: str, batch_id: int) -> None:
     commits = Path(checkpoint) / "commits"
     (commits / str(batch_id)).unlink()
     (commits / f".{batch_id}.crc").unlink(missing_ok=True)
+
+
+def forget_last_commit(spark: SparkSession, catalog: Catalog, table: str) -> None:
+    """Undo a table's latest Delta commit, as if the process died before making it."""
+    log = Path(catalog.location(table)) / "_delta_log"
+    last = catalog.delta_table(table).version()
+    # The commit file, its Delta checksum and Hadoop's hidden .crc of each.
+    for entry in [*log.glob(f"{last:020d}.*"), *log.glob(f".{last:020d}.*")]:
+        entry.unlink()
+    assert spark._jvm is not None
+    spark._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # as a restarted process would
 
 
 def read_topic(
@@ -95,3 +113,44 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+# DataFrame methods that bring rows to the driver; a batch path must call none of them on its
+# batch data (``collect`` is allowed, and counted, for small aggregates).
+ROWS_TO_DRIVER = ("toArrow", "toPandas", "toLocalIterator", "tail", "_collect_as_arrow")
+
+
+@dataclass
+class DriverTransfers:
+    """What a spied code path brought to the driver: ``(rows, columns)`` per ``collect``, and
+    the names of refused calls."""
+
+    collected: list[tuple[int, list[str]]] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def spy_on_driver_transfers(spark: SparkSession, who: str) -> Iterator[DriverTransfers]:
+    """Count every ``DataFrame.collect`` (``first``, ``head`` and ``take`` go through it) and
+    refuse the calls in ``ROWS_TO_DRIVER`` while the block runs."""
+    frame_class = type(spark.range(1))
+    transfers = DriverTransfers()
+    collect = frame_class.collect
+
+    def counted_collect(self: DataFrame) -> list[Row]:
+        found = collect(self)
+        transfers.collected.append((len(found), list(self.columns)))
+        return found
+
+    def refused(name: str) -> Any:
+        def call(self: DataFrame, *args: Any, **kwargs: Any) -> Any:
+            transfers.refused.append(name)
+            raise AssertionError(f"{who} called DataFrame.{name}: batch rows to the driver")
+
+        return call
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(frame_class, "collect", counted_collect)
+        for name in ROWS_TO_DRIVER:
+            patch.setattr(frame_class, name, refused(name))
+        yield transfers

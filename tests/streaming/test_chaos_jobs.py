@@ -40,7 +40,7 @@ from pipelines.silver.job import run_silver, silver_suite_validator
 from pipelines.silver.tables import SILVER_EVENTS
 from pipelines.tables import LAKE_TABLES
 from tests.conftest import SharedBroker, make_settings
-from tests.streaming.helpers import forget_commit
+from tests.streaming.helpers import forget_commit, forget_last_commit
 from tests.streaming.test_gold_job import NOW, click, silver_from
 from tests.streaming.test_silver_job import event, land_in_bronze
 
@@ -155,17 +155,6 @@ def test_silver_replayed_after_its_writes_still_records_its_suite_result(
     run_silver(spark, settings, trigger=AVAILABLE_NOW, validator=restarted)
 
     assert accounting_report(catalog, require_suites=True).suite_problems == []
-
-
-def forget_last_commit(spark: SparkSession, catalog: Catalog, table: str) -> None:
-    """Undo a table's latest Delta commit, as if the process died before making it."""
-    log = Path(catalog.location(table)) / "_delta_log"
-    last = catalog.delta_table(table).version()
-    # The commit file, its Delta checksum and Hadoop's hidden .crc of each.
-    for entry in [*log.glob(f"{last:020d}.*"), *log.glob(f".{last:020d}.*")]:
-        entry.unlink()
-    assert spark._jvm is not None
-    spark._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # as a restarted process would
 
 
 # -- the checks can fail ----------------------------------------------------------------------

@@ -34,7 +34,7 @@ def merge_a_b_c_then_delete_b(spark: SparkSession, catalog: Catalog) -> None:
     for batch_id, rows in enumerate(
         [snapshot_rows("a", "b", "c", delete=False), snapshot_rows("b", delete=True)]
     ):
-        writer.upsert(rows, "name", "m", batch_id, spark=spark, delete_flag="_delete")
+        writer.upsert(spark.createDataFrame(rows), "name", "m", batch_id, delete_flag="_delete")
 
 
 def test_delta_rs_reads_appends_merges_and_overwrites_written_by_spark(

@@ -10,24 +10,36 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
 from typer.testing import CliRunner
 
+from pipelines.chaos.jobs import table_diff
 from pipelines.cli.main import app
 from pipelines.config import Settings, TriggerSettings
+from pipelines.gold.features import AS_OF, item_features_at, user_features_at
 from pipelines.gold.job import gold_snapshot_validator, gold_suite_gate, run_gold
-from pipelines.gold.tables import GOLD_ITEM_FEATURES, GOLD_USER_FEATURES, GOLD_USER_FEATURES_HISTORY
+from pipelines.gold.tables import (
+    GOLD_ITEM_FEATURE_BUCKETS,
+    GOLD_ITEM_FEATURES,
+    GOLD_ITEM_FEATURES_HISTORY,
+    GOLD_USER_FEATURE_BUCKETS,
+    GOLD_USER_FEATURES,
+    GOLD_USER_FEATURES_HISTORY,
+)
 from pipelines.lake.catalog import Catalog
 from pipelines.lake.snapshots import SnapshotError, Snapshots
 from pipelines.quality.tables import QUALITY_SUITE_RESULTS
 from pipelines.silver.job import run_silver
 from pipelines.silver.sessions_job import run_sessions
+from pipelines.silver.tables import SILVER_EVENTS
 from pipelines.streaming.queries import StreamingJobError
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.tables import LAKE_TABLES
 from pipelines.training.sets import build_training_set
 from tests.conftest import REPO, make_settings
+from tests.streaming.helpers import forget_commit, forget_last_commit, spy_on_driver_transfers
 from tests.streaming.test_silver_job import land_in_bronze
 
 pytestmark = pytest.mark.streaming
@@ -99,6 +111,190 @@ def test_gold_publishes_history_per_slice_and_a_rerun_adds_nothing(
     again = run_gold(spark, settings, trigger=AVAILABLE_NOW)
     assert again.stats.batches_published == 0
     assert again.versions == versions
+
+
+_PROPERTIES: dict[str, dict[str, Any]] = {
+    "page_view": {"page_type": "product"},
+    "click": {"position": 1},
+    "search": {"query": "shoes", "result_count": 3},
+    "add_to_cart": {"quantity": 1},
+    "purchase": {"order_id": "o-1", "revenue": 12.5, "currency": "EUR", "quantity": 1},
+}
+
+
+def event_at(
+    at: datetime,
+    event_type: str = "click",
+    *,
+    user: str = "edge",
+    item: str | None = "edge-item",
+    category: str | None = "books",
+) -> str:
+    """A valid event of ``event_type`` at ``at`` (millisecond precision)."""
+    properties = dict(_PROPERTIES[event_type])
+    if category is not None:
+        properties["category"] = category
+    body: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": event_type,
+        "user_id": user,
+        "timestamp": int(at.timestamp() * 1000),
+        "schema_version": 1,
+        "properties": properties,
+    }
+    if item is not None and event_type != "search":
+        body["item_id"] = item
+    return json.dumps(body)
+
+
+def around(edge: datetime, **kwargs: Any) -> list[str]:
+    """Events just before, exactly at and just after ``edge``: one bucket straddling it."""
+    return [
+        event_at(edge - timedelta(minutes=5), "page_view", category="music", **kwargs),
+        event_at(edge, "add_to_cart", **kwargs),
+        event_at(edge + timedelta(minutes=5), "purchase", category="garden", **kwargs),
+    ]
+
+
+def published(spark: SparkSession, catalog: Catalog, table: str, load_id: str) -> DataFrame:
+    """One batch's rows of a history table, without the publication stamp."""
+    rows = catalog.read(spark, table).where(F.col("load_id") == load_id)
+    return rows.drop("published_at", "load_id")
+
+
+# What gold's batch path may bring to the driver: aggregates of the batch and the ends of the
+# buckets straddling a window edge, never rows of the batch or of the features.
+_GOLD_COLUMNS = {
+    *SILVER_EVENTS.schema.fieldNames(),
+    *GOLD_USER_FEATURES.schema.fieldNames(),
+    *GOLD_ITEM_FEATURES.schema.fieldNames(),
+    *GOLD_USER_FEATURE_BUCKETS.schema.fieldNames(),
+    *GOLD_ITEM_FEATURE_BUCKETS.schema.fieldNames(),
+}
+
+
+def test_incremental_gold_equals_a_recomputation_from_silver_and_stays_in_spark(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Every history row the incremental job publishes, batch after batch (late events, buckets
+    straddling the edges of every window, several slices), equals the features recomputed from
+    silver at that batch's version; and the batch path brings no rows to the driver."""
+    settings = make_settings(
+        tmp_path / "lake",
+        gold={"publish_every": "1 hour", "max_staleness": "60 days"},
+        quality={"allowed_lateness": "40 days"},
+    )
+    hour = NOW.replace(minute=0, second=0) - timedelta(hours=3)
+    t1 = hour + timedelta(minutes=30)  # the first batch's T: its newest event
+    t2 = t1 + timedelta(minutes=20)
+    generator = ClickstreamGenerator(users=30, items=15, seed=11, end=t1 - timedelta(minutes=1))
+    first = [e.value.decode() for e in generator.events(400)]
+    for window in (timedelta(hours=1), timedelta(hours=24), timedelta(days=7), timedelta(days=30)):
+        first += around(t1 - window)
+    first += around(t2 - timedelta(days=30), user="edge-2", item="edge-item-2")
+    first += [event_at(hour - timedelta(minutes=35)), event_at(t1, "purchase", category="art")]
+    late = [
+        event_at(t1 - timedelta(hours=2), "search"),
+        event_at(hour - timedelta(minutes=5)),  # the bucket now straddles T2 - 1h
+        event_at(t1 - timedelta(hours=26), user="edge-2", item="edge-item-2", category="music"),
+        event_at(t2, "page_view", user="edge-2", item="edge-item-2"),
+        event_at(t2 - timedelta(minutes=1)),
+    ]
+    catalog = Catalog(settings.storage, LAKE_TABLES)
+    gate = None
+    batches = []
+    for values in (first, late):
+        silver_from(spark, settings, values)
+        gate = gate or gold_suite_gate(settings, catalog)
+        versions = (
+            catalog.info(SILVER_EVENTS.name).version,
+            catalog.info("silver.sessions").version,
+        )
+        with spy_on_driver_transfers(spark, "gold") as transfers:
+            run = run_gold(spark, settings, trigger=AVAILABLE_NOW, gate=gate)
+        assert transfers.refused == []
+        assert max(n for n, _ in transfers.collected) <= 10, transfers.collected
+        assert not [c for _, c in transfers.collected if set(c) & _GOLD_COLUMNS]
+        assert (run.stats.batches_published, run.stats.batches_rejected) == (1, 0)
+        batches.append((f"{run.query_id}:{len(batches)}", versions))
+
+    assert run.stats.feature_ts == [t2.replace(tzinfo=UTC)]
+    touched = iter([(30, 15), (2, 2)])  # many keys and slices, then the late batch's
+    for load_id, (silver_version, sessions_version) in batches:
+        events = catalog.read(spark, SILVER_EVENTS.name, version=silver_version)
+        sessions = catalog.read(spark, "silver.sessions", version=sessions_version)
+        users = published(spark, catalog, GOLD_USER_FEATURES_HISTORY.name, load_id)
+        items = published(spark, catalog, GOLD_ITEM_FEATURES_HISTORY.name, load_id)
+        user_points = users.select("user_id", F.col("feature_ts").alias(AS_OF))
+        item_points = items.select("item_id", F.col("feature_ts").alias(AS_OF))
+        least_users, least_items = next(touched)
+        assert users.count() >= least_users and items.count() >= least_items
+        assertDataFrameEqual(
+            users, user_features_at(events, sessions, user_points), checkRowOrder=False
+        )
+        assertDataFrameEqual(items, item_features_at(events, item_points), checkRowOrder=False)
+    # The current tables hold each key's latest history row.
+    for current, history, key in (
+        (GOLD_USER_FEATURES, GOLD_USER_FEATURES_HISTORY, "user_id"),
+        (GOLD_ITEM_FEATURES, GOLD_ITEM_FEATURES_HISTORY, "item_id"),
+    ):
+        newest = Window.partitionBy(key).orderBy(F.col("feature_ts").desc())
+        latest = (
+            catalog.read(spark, history.name)
+            .withColumn("_n", F.row_number().over(newest))
+            .where("_n = 1")
+            .drop("_n")
+        )
+        assertDataFrameEqual(catalog.read(spark, current.name), latest, checkRowOrder=False)
+    edge = catalog.read(spark, GOLD_USER_FEATURES.name).where("user_id = 'edge'").first()
+    assert edge is not None and edge.feature_ts == t2.replace(tzinfo=None)
+    assert (edge.click_count_1h, edge.search_count_24h) == (2, 1)
+
+
+def test_a_batch_replayed_after_its_state_merge_publishes_the_same_rows(
+    spark: SparkSession, settings: Settings
+) -> None:
+    """The crash between the state MERGEs and the publication: the replay skips the MERGEs
+    (the state holds the batch once) and publishes what the batch would have."""
+    start = NOW.replace(minute=0, second=0) - timedelta(hours=5)
+    catalog = silver_from(
+        spark,
+        settings,
+        [
+            *around(start + timedelta(minutes=30)),
+            event_at(start + timedelta(hours=1, minutes=35), user="u2"),
+            event_at(start + timedelta(hours=2, minutes=30), user="u2", item="i9"),
+        ],
+    )
+    gate = gold_suite_gate(settings, catalog)
+    assert run_gold(spark, settings, trigger=AVAILABLE_NOW, gate=gate).stats.batches_published == 1
+    publications = (
+        GOLD_USER_FEATURES,
+        GOLD_USER_FEATURES_HISTORY,
+        GOLD_ITEM_FEATURES,
+        GOLD_ITEM_FEATURES_HISTORY,
+    )
+    state = (GOLD_USER_FEATURE_BUCKETS, GOLD_ITEM_FEATURE_BUCKETS)
+    before = {spec.name: catalog.read_arrow(spec.name) for spec in (*publications, *state)}
+    state_versions = {spec.name: catalog.info(spec.name).version for spec in state}
+
+    # The crash: both state MERGEs landed; the suite results, the publications and the
+    # checkpoint's commit did not.
+    for name in [*(spec.name for spec in publications), *[QUALITY_SUITE_RESULTS.name] * 2]:
+        forget_last_commit(spark, catalog, name)
+    forget_commit(catalog.checkpoint(GOLD_USER_FEATURES.name), 0)
+    assert catalog.info(GOLD_USER_FEATURES.name).rows == 0
+
+    replay = run_gold(
+        spark, settings, trigger=AVAILABLE_NOW, gate=gold_suite_gate(settings, catalog)
+    )
+
+    assert (replay.stats.batches_published, replay.stats.batches_skipped) == (1, 0)
+    assert {spec.name: catalog.info(spec.name).version for spec in state} == state_versions
+    for name, rows in before.items():
+        diff = table_diff(catalog.read_arrow(name), rows, None, ignore=["published_at"])
+        assert diff.total == 0, (name, diff)
+    assert catalog.info(QUALITY_SUITE_RESULTS.name).rows == 2
 
 
 def test_a_batch_breaking_its_suite_is_not_published_and_recorded_failed(

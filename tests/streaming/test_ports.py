@@ -275,7 +275,7 @@ def test_delta_source_yields_inserts_and_updates_with_versions_and_resumes(
             snapshot_rows("c", delete=True),
         ]
     )
-    v3 = writer.upsert(changes, "name", "merge", 0, delete_flag="_delete", spark=spark)
+    v3 = writer.upsert(spark.createDataFrame(changes), "name", "merge", 0, delete_flag="_delete")
     resumed = rows_of(drain(delta_stream(spark, catalog, spec.name), checkpoint))
     # Only post-images and inserts: no pre-image, no delete, nothing read before.
     assert sorted((r.name, r._change_type, r._commit_version, r.note) for r in resumed) == [
@@ -365,7 +365,8 @@ def test_merge_sink_upserts_by_key_and_skips_a_replayed_batch(
     writer = table_writer(catalog, spec)
 
     def merge(data: pa.Table, batch_id: int, delete_flag: str | None = "_delete") -> int:
-        return writer.upsert(data, "name", "app", batch_id, delete_flag=delete_flag, spark=spark)
+        frame = spark.createDataFrame(data)
+        return writer.upsert(frame, "name", "app", batch_id, delete_flag=delete_flag)
 
     def content() -> list[tuple[Any, ...]]:
         return table_rows(spark, catalog, spec)

@@ -24,14 +24,14 @@ from pipelines.quality.report import accounting_report
 from pipelines.quality.tables import QUALITY_BATCH_RESULTS
 from pipelines.silver.job import run_silver, silver_suite_validator
 from pipelines.silver.sessions import sessions as all_sessions
-from pipelines.silver.sessions_job import run_sessions, session_events
+from pipelines.silver.sessions_job import SessionsRun, run_sessions, session_events
 from pipelines.silver.tables import SILVER_EVENTS, SILVER_QUARANTINE, SILVER_SESSIONS
 from pipelines.streaming.queries import StreamingJobError, stop_gracefully
 from pipelines.streaming.sinks import table_writer
 from pipelines.synthetic.clickstream import ClickstreamGenerator
 from pipelines.tables import LAKE_TABLES
 from tests.conftest import make_settings
-from tests.streaming.helpers import forget_commit
+from tests.streaming.helpers import forget_commit, spy_on_driver_transfers
 
 pytestmark = pytest.mark.streaming
 
@@ -497,6 +497,49 @@ def test_sessions_follow_late_events_and_match_a_full_recomputation(
     assert [(r["event_count"], r["converted"], r["duration_s"]) for r in user1] == [
         (3, True, 3000.0)
     ]
+
+
+# What the sessions batch path may bring to the driver: the window start and the change counts.
+_SESSION_COLUMNS = {*SILVER_EVENTS.schema.fieldNames(), *SILVER_SESSIONS.schema.fieldNames()}
+
+
+def test_the_sessions_batch_path_brings_no_batch_rows_to_the_driver(
+    spark: SparkSession, settings: Settings
+) -> None:
+    catalog = Catalog(settings.storage, LAKE_TABLES)
+    t0 = NOW - timedelta(hours=3)
+
+    def at(minutes: float, user: str, event_type: str = "page_view") -> str:
+        ts = int((t0 + timedelta(minutes=minutes)).timestamp() * 1000)
+        return json.dumps(event(event_type, user_id=user, timestamp=ts))
+
+    def sessions_batch() -> SessionsRun:
+        run_silver(spark, settings, trigger=TriggerSettings(mode="available-now"))
+        with spy_on_driver_transfers(spark, "sessions") as transfers:
+            run = run_sessions(spark, settings, trigger=TriggerSettings(mode="available-now"))
+        assert transfers.refused == []
+        # The earliest window start and the two change counts: one row each, no batch column.
+        assert max(n for n, _ in transfers.collected) == 1, transfers.collected
+        assert not [c for _, c in transfers.collected if set(c) & _SESSION_COLUMNS]
+        return run
+
+    users = [f"user-{i}" for i in range(30)]
+    land_in_bronze(catalog, [at(m, u) for u in users for m in (0, 10, 50)])
+    first = sessions_batch()
+    # Late purchases: each bridges its user's two sessions into one, converted.
+    land_in_bronze(catalog, [at(30, u, "purchase") for u in users[:10]])
+    late = sessions_batch()
+
+    assert (first.stats.batches_written, late.stats.batches_written) == (1, 1)
+    assert (first.stats.events_read, late.stats.events_read) == (90, 10)
+    assert (first.stats.sessions_upserted, first.stats.sessions_deleted) == (60, 0)
+    assert (late.stats.sessions_upserted, late.stats.sessions_deleted) == (10, 10)
+    after = catalog.read(spark, SILVER_SESSIONS.name)
+    full = all_sessions(
+        session_events(catalog.read(spark, SILVER_EVENTS.name)), timedelta(minutes=30)
+    )
+    assertDataFrameEqual(after, full, checkRowOrder=False)
+    assert after.where("converted").count() == 10
 
 
 def test_quality_check_cli_fails_when_the_accounting_is_broken(

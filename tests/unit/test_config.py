@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.collector.access import WriteKeys
-from pipelines.config import ConfigError, load_settings
+from pipelines.config import ConfigError, load_settings, sql_interval
 
 BASE = """
 storage:
@@ -144,3 +144,16 @@ def test_an_engines_section_is_refused_with_the_fix(conf_dir: Path) -> None:
         load_settings(
             "dev", conf_dir=conf_dir, overrides={"engines": {"delta": "delta-rs"}}, environ={}
         )
+
+
+@pytest.mark.parametrize(
+    ("text", "sql"),
+    [
+        ("5 minutes", "INTERVAL 300 SECONDS"),
+        ("40 days", "INTERVAL 3456000 SECONDS"),  # not 3.456e+06
+        ("1.5 seconds", "INTERVAL 1.5 SECONDS"),
+        ("250 ms", "INTERVAL 0.25 SECONDS"),
+    ],
+)
+def test_sql_interval_is_plain_digits(text: str, sql: str) -> None:
+    assert sql_interval(text) == sql
