@@ -37,7 +37,7 @@ print(f"env {settings.env}: tables under {catalog.storage.tables_root}")
 # MAGIC %md
 # MAGIC ## 1. The tables
 # MAGIC
-# MAGIC `Catalog.infos()` lists every table the pipelines own, whether it exists yet, its current
+# MAGIC `catalog.infos()` lists every table the pipelines own, whether it exists yet, its current
 # MAGIC Delta version, row and file counts and its last commit. Tables are named `<layer>.<table>`.
 
 # COMMAND ----------
