@@ -332,7 +332,12 @@ def test_every_layer_on_a_standalone_cluster_gives_the_same_tables_as_local_mode
     summaries = {line["job"]: line for line in driver_lines if "job" in line}
     where = next(line for line in driver_lines if "master" in line)
     assert where == {"master": standalone_cluster.master_url, "executors": WORKERS}
+    # The master moves an application to its completed list shortly after the driver stops.
+    deadline = time.monotonic() + 60
     apps = _master_status(standalone_cluster.status_url)["completedapps"]
+    while not apps and time.monotonic() < deadline:
+        time.sleep(0.5)
+        apps = _master_status(standalone_cluster.status_url)["completedapps"]
     # One application, ended by the driver (not killed), with the executors the config asked for.
     assert [(a["name"], a["state"], a["memoryperexecutor"]) for a in apps] == [
         ("lakehouse", "FINISHED", 768)
